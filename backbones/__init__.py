@@ -1,0 +1,44 @@
+"""Model families of supernet-zoo, registered with timm on import.
+
+Each family module owns its spec schema (``validate_spec``), its builder (``build``), the specs of the
+architectures found in its paper (``SPECS``) and its timm entry points. Nothing here imports ``zoo`` or
+``search``: backbones depend on timm and torch only.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import torch.nn as nn
+
+from . import mbconv, resnest
+from ._features import check_out_indices
+from ._spec import SpecError
+
+__all__ = ['FAMILIES', 'SpecError', 'build', 'check_out_indices', 'family_of', 'validate_spec']
+
+FAMILIES: dict[str, ModuleType] = {
+    mbconv.FAMILY: mbconv,
+    resnest.FAMILY: resnest,
+}
+
+
+def family_of(spec: Any) -> ModuleType:
+    """The family module that owns ``spec`` (raises :class:`SpecError` for an unknown family)."""
+    family = spec.get('family') if isinstance(spec, dict) else None
+    if family not in FAMILIES:
+        raise SpecError(f"spec field 'family': {family!r} is not one of the known families {sorted(FAMILIES)}")
+    return FAMILIES[family]
+
+
+def validate_spec(spec: Any) -> dict:
+    """Validate any spec against its family's schema; returns a normalised copy."""
+    if not isinstance(spec, dict):
+        raise SpecError(f'spec must be a dict (JSON object), got {type(spec).__name__}')
+    return family_of(spec).validate_spec(spec)
+
+
+def build(spec: dict, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """Build the network described by ``spec`` with timm keyword arguments (``num_classes``, ``features_only``...)."""
+    return family_of(spec).build(spec, pretrained=pretrained, **kwargs)

@@ -1,0 +1,300 @@
+"""DNA-a..d: the MBConv-space networks found by DNA (block-wise distillation NAS), as timm models.
+
+Paper: "DNA Family: Boosting Weight-Sharing NAS with Block-Wise Supervisions" (arXiv 2403.01326; CVPR'20
+version arXiv 1911.13053). Layer tables follow the official ``retraining/model.py`` of
+github.com/changlin31/DNA (commit 156c16c), which builds timm ``GenEfficientNet`` nets from block strings.
+
+The networks are built by timm's own EfficientNet builder from arch-def strings (no MBConv re-implementation):
+
+* Stem conv3x3 s2 (32) -> ``ds_r1_k3_s1_c16_se0.25`` -> five searched stages -> fixed
+  ``ir_r1_k3_s1_e6_c320_se0.25`` -> conv1x1 1280 -> avg-pool -> dropout -> linear.
+* swish (SiLU) everywhere, BN with PyTorch defaults (momentum 0.1, eps 1e-5), as the official code.
+* SE reduction width is ``int(in_chs * 0.25)`` of the block *input* channels (official ``se_reduce_mid=False``);
+  timm's builder does the same with ``se_from_exp=False`` (it divides the SE ratio by the expansion), so the
+  parameter counts are exact: DNA-a/b/c/d = 4,243k / 4,918k / 5,274k / 6,409k (specs/dna.md section 4).
+* ``drop_rate=0.2`` and ``drop_path_rate=0.2`` by default (the official code hard-codes drop-connect 0.2,
+  linearly scaled by block index, exactly timm's rule).
+
+The DNA_c definition is the one the authors swapped in on 2019-12-13 (issue #4), the one their weights match.
+
+Scaled DNA-c1..c5 (paper Table 4) are not registered: the paper says only "EfficientNet compound scaling" and
+gives no rule for depth-scaling stages whose layers differ from each other (EfficientNet repeats one block per
+stage); no definition or weights were released, and the natural rules do not reproduce Table 4's parameter
+counts (see docs/models.md).
+
+Spec (family ``mbconv``, version 1)::
+
+    {"family": "mbconv", "version": 1, "stem_size": 32, "num_features": 1280,
+     "stages": [["ds_r1_k3_s1_c16_se0.25"], ["ir_r1_k5_s2_e6_c24_se0.25", ...], ...]}
+
+``stages`` are timm arch-def strings inside the DNA MBConv space: block type ``ds`` or ``ir``, kernel 3/5/7,
+expansion 3/6 (``ir`` only), stride 1/2, SE ratio 0.25.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._builder import pretrained_cfg_for_features
+from timm.models._efficientnet_builder import decode_arch_def
+from timm.models.efficientnet import EfficientNet, EfficientNetFeatures
+
+from ._features import check_out_indices
+from ._spec import SpecError, check_header, check_int, check_list
+
+__all__ = ['FAMILY', 'SPECS', 'SPEC_VERSION', 'MBConvNet', 'MBConvNetFeatures', 'build', 'validate_spec']
+
+FAMILY = 'mbconv'
+SPEC_VERSION = 1
+NUM_FEATURE_LEVELS = 5  # strides 2, 4, 8, 16, 32 (timm EfficientNet feature levels)
+
+BLOCK_TYPES = ('ds', 'ir')
+KERNELS = (3, 5, 7)
+EXPANSIONS = (3, 6)
+STRIDES = (1, 2)
+SE_RATIOS = (0.25,)
+
+_TOKEN = re.compile(r'^(r|k|s|e|c|se)(\d+(?:\.\d+)?)$')
+
+
+def _stage(chs: int, stride: int, ops: str) -> list[str]:
+    """One stage of single-layer arch-def strings from a compact op list such as ``'k5e3 k3e3 k3e6'``."""
+    out = []
+    for i, op in enumerate(ops.split()):
+        k, e = op[1:].split('e')
+        out.append(f'ir_r1_k{k}_s{stride if i == 0 else 1}_e{e}_c{chs}_se0.25')
+    return out
+
+
+def _dna(b1, b2, b3, b4, b5) -> dict:
+    """A DNA spec: fixed stem/DS/last layers around the five searched stages (block, channels, ops)."""
+    return {
+        'family': FAMILY,
+        'version': SPEC_VERSION,
+        'stem_size': 32,
+        'num_features': 1280,
+        'stages': [
+            ['ds_r1_k3_s1_c16_se0.25'],
+            _stage(b1[0], 2, b1[1]),
+            _stage(b2[0], 2, b2[1]),
+            _stage(b3[0], 2, b3[1]),
+            _stage(b4[0], 1, b4[1]),
+            _stage(b5[0], 2, b5[1]),
+            ['ir_r1_k3_s1_e6_c320_se0.25'],
+        ],
+    }
+
+
+# Layer tables of the official retraining/model.py (specs/dna.md section 4).
+SPECS: dict[str, dict] = {
+    'dna_a': _dna(
+        (24, 'k5e3 k3e3 k3e6'),
+        (40, 'k3e3 k3e3 k5e3 k3e6'),
+        (80, 'k7e6 k3e3 k5e3 k3e6'),
+        (96, 'k5e6 k5e3 k5e3 k5e6'),
+        (160, 'k5e6 k5e3 k5e3 k5e3 k5e6'),
+    ),
+    'dna_b': _dna(
+        (24, 'k3e3 k5e3 k7e6'),
+        (40, 'k7e6 k5e3 k7e6'),
+        (80, 'k5e6 k5e3 k5e3 k3e6'),
+        (96, 'k5e6 k5e3 k5e3 k5e6'),
+        (192, 'k7e6 k5e3 k5e3 k5e3 k7e6'),
+    ),
+    'dna_c': _dna(
+        (24, 'k5e6 k3e6'),
+        (40, 'k5e6 k5e6 k3e6 k5e6'),
+        (80, 'k5e6 k3e6 k5e6 k5e6'),
+        (112, 'k3e6 k5e6 k5e6 k5e3'),
+        (192, 'k5e6 k5e3 k5e6 k5e6'),
+    ),
+    'dna_d': _dna(
+        (24, 'k7e6 k5e6 k7e6'),
+        (40, 'k7e6 k7e6 k7e6 k7e6'),
+        (80, 'k7e6 k5e6 k5e6 k7e6'),
+        (112, 'k7e6 k5e6 k7e6 k5e6'),
+        (192, 'k7e6 k5e6 k5e6 k5e6 k7e6'),
+    ),
+    # EfficientNet-B0 lies inside the space: the default of the generic `mbconv` entry point, and a check
+    # that the skeleton is timm's (its parameter count equals timm's efficientnet_b0 exactly).
+    'mbconv': {
+        'family': FAMILY,
+        'version': SPEC_VERSION,
+        'stem_size': 32,
+        'num_features': 1280,
+        'stages': [
+            ['ds_r1_k3_s1_c16_se0.25'],
+            ['ir_r2_k3_s2_e6_c24_se0.25'],
+            ['ir_r2_k5_s2_e6_c40_se0.25'],
+            ['ir_r3_k3_s2_e6_c80_se0.25'],
+            ['ir_r3_k5_s1_e6_c112_se0.25'],
+            ['ir_r4_k5_s2_e6_c192_se0.25'],
+            ['ir_r1_k3_s1_e6_c320_se0.25'],
+        ],
+    },
+}
+
+
+def _validate_block(block: Any, field: str) -> str:
+    if not isinstance(block, str):
+        raise SpecError(f'spec field {field!r}: expected an arch-def string like "ir_r1_k3_s2_e6_c24_se0.25"')
+    parts = block.split('_')
+    kind, opts = parts[0], {}
+    if kind not in BLOCK_TYPES:
+        raise SpecError(f'spec field {field!r}: block type {kind!r} is not one of the allowed values {BLOCK_TYPES}')
+    for tok in parts[1:]:
+        m = _TOKEN.match(tok)
+        if m is None or m.group(1) in opts:
+            raise SpecError(f'spec field {field!r}: cannot parse option {tok!r} (allowed: r, k, s, e, c, se)')
+        opts[m.group(1)] = float(m.group(2)) if m.group(1) == 'se' else int(m.group(2))
+    need = ('r', 'k', 's', 'c', 'se') + (('e',) if kind == 'ir' else ())
+    missing = [n for n in need if n not in opts]
+    if missing:
+        raise SpecError(f'spec field {field!r}: missing option(s) {missing} in {block!r}')
+    allowed = {'k': KERNELS, 's': STRIDES, 'se': SE_RATIOS, 'e': EXPANSIONS if kind == 'ir' else (1,)}
+    names = {'k': 'kernel', 's': 'stride', 'se': 'SE ratio', 'e': 'expansion'}
+    for key, values in allowed.items():
+        if key in opts and opts[key] not in values:
+            raise SpecError(
+                f'spec field {field!r}: {names[key]} {opts[key]:g} is not one of the allowed values {values} '
+                f'of the MBConv space'
+            )
+    if opts['r'] < 1 or opts['c'] < 1:
+        raise SpecError(f'spec field {field!r}: repeats and channels must be >= 1 in {block!r}')
+    return block
+
+
+def validate_spec(spec: Any) -> dict:
+    """Validate an ``mbconv`` spec and return a normalised deep copy (raises :class:`SpecError`)."""
+    spec = check_header(spec, FAMILY, SPEC_VERSION, ('stem_size', 'num_features', 'stages'))
+    check_int(spec['stem_size'], 'stem_size', minimum=1)
+    check_int(spec['num_features'], 'num_features', minimum=1)
+    stages = check_list(spec['stages'], 'stages')
+    if not stages:
+        raise SpecError("spec field 'stages': needs at least one stage")
+    spec['stages'] = []
+    for i, stage in enumerate(stages):
+        blocks = check_list(stage, f'stages[{i}]')
+        if not blocks:
+            raise SpecError(f"spec field 'stages[{i}]': a stage needs at least one block")
+        spec['stages'].append([_validate_block(b, f'stages[{i}][{j}]') for j, b in enumerate(blocks)])
+    return spec
+
+
+def _net_kwargs(spec: dict) -> dict:
+    return dict(
+        block_args=decode_arch_def(spec['stages']),
+        stem_size=spec['stem_size'],
+        act_layer='swish',
+    )
+
+
+class MBConvNet(EfficientNet):
+    """timm ``EfficientNet`` built from a validated ``mbconv`` spec; keeps the spec as ``self.spec``."""
+
+    def __init__(self, spec: dict, **kwargs: Any) -> None:
+        spec = validate_spec(spec)
+        super().__init__(num_features=spec['num_features'], **_net_kwargs(spec), **kwargs)
+        self.spec = spec
+
+
+class MBConvNetFeatures(EfficientNetFeatures):
+    """timm ``EfficientNetFeatures`` (``features_only=True``) built from an ``mbconv`` spec."""
+
+    def __init__(self, spec: dict, **kwargs: Any) -> None:
+        spec = validate_spec(spec)
+        super().__init__(**_net_kwargs(spec), **kwargs)
+        self.spec = spec
+
+
+def _create(variant: str, pretrained: bool = False, spec: dict | None = None, **kwargs: Any) -> nn.Module:
+    spec = validate_spec(SPECS[variant] if spec is None else spec)
+    kwargs.setdefault('drop_rate', 0.2)
+    kwargs.setdefault('drop_path_rate', 0.2)
+    if kwargs.pop('features_only', False):
+        kwargs['out_indices'] = check_out_indices(kwargs.get('out_indices', (0, 1, 2, 3, 4)), NUM_FEATURE_LEVELS, variant)
+        kwargs.pop('drop_rate')
+        model = build_model_with_cfg(
+            MBConvNetFeatures,
+            variant,
+            pretrained,
+            pretrained_strict=False,
+            kwargs_filter=('num_classes', 'num_features', 'head_conv', 'global_pool'),
+            spec=spec,
+            **kwargs,
+        )
+        model.pretrained_cfg = model.default_cfg = pretrained_cfg_for_features(model.pretrained_cfg)
+        return model
+    return build_model_with_cfg(MBConvNet, variant, pretrained, spec=spec, **kwargs)
+
+
+def build(spec: dict, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """Build any ``mbconv`` spec (``timm.create_model('mbconv', spec=spec)``)."""
+    return _create('mbconv', pretrained=pretrained, spec=spec, **kwargs)
+
+
+def _cfg(name: str, **kwargs: Any) -> dict:
+    return {
+        'hf_hub_id': f'supernet-zoo/{name}.official_in1k',
+        'num_classes': 1000,
+        'input_size': (3, 224, 224),
+        'pool_size': (7, 7),
+        'crop_pct': 0.875,
+        'interpolation': 'bicubic',
+        'mean': IMAGENET_DEFAULT_MEAN,
+        'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'conv_stem',
+        'classifier': 'classifier',
+        'license': 'unknown',
+        'paper_ids': 'arXiv:2403.01326',
+        'paper_name': 'DNA Family: Boosting Weight-Sharing NAS with Block-Wise Supervisions',
+        'origin_url': 'https://github.com/changlin31/DNA',
+        'notes': (
+            'Architecture from the official retraining/model.py; weights converted from the official release '
+            '(the DNA repository ships no license file).',
+        ),
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    'dna_a.official_in1k': _cfg('dna_a'),
+    'dna_b.official_in1k': _cfg('dna_b'),
+    'dna_c.official_in1k': _cfg('dna_c'),
+    'dna_d.official_in1k': _cfg('dna_d'),
+    'mbconv': _cfg('mbconv', hf_hub_id=None, notes=('Generic DNA MBConv space; pass spec=...',)),
+})
+
+
+@register_model
+def dna_a(pretrained: bool = False, **kwargs: Any) -> MBConvNet:
+    """DNA-a (4.2M params, 348M FLOPs, 77.1% top-1; paper Table 2). Constraint: 350M FLOPs."""
+    return _create('dna_a', pretrained, **kwargs)
+
+
+@register_model
+def dna_b(pretrained: bool = False, **kwargs: Any) -> MBConvNet:
+    """DNA-b (4.9M params, 406M FLOPs, 77.5% top-1; paper Table 2)."""
+    return _create('dna_b', pretrained, **kwargs)
+
+
+@register_model
+def dna_c(pretrained: bool = False, **kwargs: Any) -> MBConvNet:
+    """DNA-c (5.3M params, 466M FLOPs, 77.8% top-1; paper Table 2). Constraint: 5.3M params."""
+    return _create('dna_c', pretrained, **kwargs)
+
+
+@register_model
+def dna_d(pretrained: bool = False, **kwargs: Any) -> MBConvNet:
+    """DNA-d (6.4M params, 611M FLOPs, 78.4% top-1; paper Table 2). Unconstrained."""
+    return _create('dna_d', pretrained, **kwargs)
+
+
+@register_model
+def mbconv(pretrained: bool = False, spec: dict | None = None, **kwargs: Any) -> MBConvNet:
+    """Any network of the DNA MBConv space, from ``spec``; without one, EfficientNet-B0's layout."""
+    return _create('mbconv', pretrained, spec=spec, **kwargs)
