@@ -216,7 +216,9 @@ def _create(variant: str, pretrained: bool = False, spec: dict | None = None, **
     kwargs.setdefault('drop_rate', 0.2)
     kwargs.setdefault('drop_path_rate', 0.2)
     if kwargs.pop('features_only', False):
-        kwargs['out_indices'] = check_out_indices(kwargs.get('out_indices', (0, 1, 2, 3, 4)), NUM_FEATURE_LEVELS, variant)
+        kwargs['out_indices'] = check_out_indices(
+            kwargs.get('out_indices', (0, 1, 2, 3, 4)), NUM_FEATURE_LEVELS, variant
+        )
         kwargs.pop('drop_rate')
         model = build_model_with_cfg(
             MBConvNetFeatures,
@@ -261,13 +263,15 @@ def _cfg(name: str, **kwargs: Any) -> dict:
     }
 
 
-default_cfgs = generate_default_cfgs({
-    'dna_a.official_in1k': _cfg('dna_a'),
-    'dna_b.official_in1k': _cfg('dna_b'),
-    'dna_c.official_in1k': _cfg('dna_c'),
-    'dna_d.official_in1k': _cfg('dna_d'),
-    'mbconv': _cfg('mbconv', hf_hub_id=None, notes=('Generic DNA MBConv space; pass spec=...',)),
-})
+default_cfgs = generate_default_cfgs(
+    {
+        'dna_a.official_in1k': _cfg('dna_a'),
+        'dna_b.official_in1k': _cfg('dna_b'),
+        'dna_c.official_in1k': _cfg('dna_c'),
+        'dna_d.official_in1k': _cfg('dna_d'),
+        'mbconv': _cfg('mbconv', hf_hub_id=None, notes=('Generic DNA MBConv space; pass spec=...',)),
+    }
+)
 
 
 @register_model

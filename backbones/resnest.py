@@ -32,6 +32,7 @@ Spec (family ``resnest``, version 1)::
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch.nn as nn
@@ -122,7 +123,7 @@ class ResNestNAS(ResNet):
     def __init__(self, spec: dict, **kwargs: Any) -> None:
         spec = validate_spec(spec)
         bounds = [sum(LAYERS[:i]) for i in range(len(LAYERS) + 1)]
-        blocks = tuple(_ChosenBlock(spec['choices'][a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True))
+        blocks = tuple(_ChosenBlock(spec['choices'][a:b]) for a, b in itertools.pairwise(bounds))
         super().__init__(
             block=blocks,
             layers=LAYERS,
@@ -138,8 +139,12 @@ class ResNestNAS(ResNet):
 def _create(variant: str, pretrained: bool = False, spec: dict | None = None, **kwargs: Any) -> ResNestNAS:
     spec = validate_spec(SPECS[variant] if spec is None else spec)
     if kwargs.get('features_only'):
-        kwargs['out_indices'] = check_out_indices(kwargs.get('out_indices', (0, 1, 2, 3, 4)), NUM_FEATURE_LEVELS, variant)
-    return build_model_with_cfg(ResNestNAS, variant, pretrained, spec=spec, **kwargs)
+        kwargs['out_indices'] = check_out_indices(
+            kwargs.get('out_indices', (0, 1, 2, 3, 4)), NUM_FEATURE_LEVELS, variant
+        )
+    model = build_model_with_cfg(ResNestNAS, variant, pretrained, spec=spec, **kwargs)
+    model.spec = spec  # also on timm's FeatureListNet wrapper when features_only=True
+    return model
 
 
 def build(spec: dict, pretrained: bool = False, **kwargs: Any) -> nn.Module:
@@ -167,12 +172,16 @@ def _cfg(name: str, tag: str = 'official_in1k', **kwargs: Any) -> dict:
     }
 
 
-default_cfgs = generate_default_cfgs({
-    'pinas_cls.official_in1k': _cfg('pinas_cls', notes=('Pi-NAS-alpha; weights from the official PiNAS_cls release',)),
-    # The official release has no ImageNet checkpoint for Pi-NAS-trans (only COCO/ADE20K/Cityscapes fine-tunes).
-    'pinas_trans': _cfg('pinas_trans', hf_hub_id=None, notes=('Pi-NAS-gamma; no ImageNet weights were released',)),
-    'resnest_nas': _cfg('resnest_nas', hf_hub_id=None, notes=('Generic Pi-NAS space; pass spec=...',)),
-})
+default_cfgs = generate_default_cfgs(
+    {
+        'pinas_cls.official_in1k': _cfg(
+            'pinas_cls', notes=('Pi-NAS-alpha; weights from the official PiNAS_cls release',)
+        ),
+        # The official release has no ImageNet checkpoint for Pi-NAS-trans (only COCO/ADE20K/Cityscapes fine-tunes).
+        'pinas_trans': _cfg('pinas_trans', hf_hub_id=None, notes=('Pi-NAS-gamma; no ImageNet weights were released',)),
+        'resnest_nas': _cfg('resnest_nas', hf_hub_id=None, notes=('Generic Pi-NAS space; pass spec=...',)),
+    }
+)
 
 
 @register_model

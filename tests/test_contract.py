@@ -1,0 +1,155 @@
+"""The timm contract, checked on every model of the package registry (after timm's tests/test_models.py).
+
+Inputs are small (64 px) so that the whole registry runs in well under a minute per check on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+import backbones
+import zoo
+
+MODELS = zoo.list_models(include_families=True)
+SIZE = 64
+
+
+def _input(model: nn.Module, batch: int = 2) -> torch.Tensor:
+    size = max(SIZE, model.pretrained_cfg.get('min_input_size', (3, SIZE, SIZE))[-1])
+    return torch.randn(batch, 3, size, size)
+
+
+def _num_levels(model: nn.Module) -> int:
+    return backbones.FAMILIES[model.spec['family']].NUM_FEATURE_LEVELS
+
+
+@pytest.mark.parametrize('name', MODELS)
+def test_forward_and_head(name):
+    model = zoo.create_model(name, num_classes=7).eval()
+    x = _input(model)
+    with torch.no_grad():
+        out = model(x)
+        feats = model.forward_features(x)
+        pre = model.forward_head(feats, pre_logits=True)
+        logits = model.forward_head(feats)
+    assert out.shape == (2, 7) and torch.isfinite(out).all()
+    torch.testing.assert_close(logits, out)
+    assert pre.shape == (2, model.head_hidden_size)
+    assert model.num_classes == 7 and model.get_classifier() is not None
+    model.reset_classifier(0)
+    with torch.no_grad():
+        assert model(x).shape == (2, model.head_hidden_size)
+    model.reset_classifier(3)
+    with torch.no_grad():
+        assert model(x).shape == (2, 3)
+
+
+@pytest.mark.parametrize('name', MODELS)
+def test_backward_reaches_every_parameter(name):
+    model = zoo.create_model(name, num_classes=5).train()
+    out = model(_input(model))
+    out.square().mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f'parameters without gradient: {missing[:10]}'
+
+
+@pytest.mark.parametrize('name', MODELS)
+def test_features_only_matches_feature_info(name):
+    full = zoo.create_model(name)
+    levels = _num_levels(full)
+    feat = zoo.create_model(name, features_only=True, out_indices=tuple(range(levels))).eval()
+    assert [f['num_chs'] for f in full.feature_info[-levels:]] == feat.feature_info.channels()
+    x = _input(full, batch=1)
+    with torch.no_grad():
+        outs = feat(x)
+    assert len(outs) == levels
+    for out, chs, red in zip(outs, feat.feature_info.channels(), feat.feature_info.reduction(), strict=True):
+        assert out.shape[1] == chs
+        assert out.shape[-1] == x.shape[-1] // red
+    assert feat.spec == full.spec
+
+
+@pytest.mark.parametrize('name', MODELS)
+def test_forward_intermediates_agrees_with_features_only(name):
+    full = zoo.create_model(name).eval()
+    levels = _num_levels(full)
+    feat = zoo.create_model(name, features_only=True, out_indices=tuple(range(levels))).eval()
+    state = full.state_dict()
+    missing = set(feat.state_dict()) - set(state)
+    assert not missing
+    feat.load_state_dict({k: v for k, v in state.items() if k in feat.state_dict()})
+    x = _input(full, batch=1)
+    with torch.no_grad():
+        inter = full.forward_intermediates(x, intermediates_only=True)
+        final, inter2 = full.forward_intermediates(x)
+        ref = feat(x)
+        torch.testing.assert_close(final, full.forward_features(x))
+    assert len(inter) == len(ref) == levels
+    for a, b, c in zip(inter, inter2, ref, strict=True):
+        torch.testing.assert_close(a, c)
+        torch.testing.assert_close(b, c)
+
+
+@pytest.mark.parametrize('name', MODELS)
+def test_invalid_out_indices_raise(name):
+    levels = _num_levels(zoo.create_model(name))
+    for bad in [(levels,), (-levels - 1,), (0, 0), (1, -levels + 1), 2, ('a',)]:
+        with pytest.raises(ValueError, match='out_indices'):
+            zoo.create_model(name, features_only=True, out_indices=bad)
+
+
+@pytest.mark.parametrize('name', MODELS)
+def test_prune_intermediate_layers(name):
+    model = zoo.create_model(name).eval()
+    x = _input(model, batch=1)
+    with torch.no_grad():
+        ref = model.forward_intermediates(x, indices=[1], intermediates_only=True)
+    model.prune_intermediate_layers(indices=[1], prune_head=True)
+    with torch.no_grad():
+        pruned = model.forward_intermediates(x, indices=[1], intermediates_only=True)
+    torch.testing.assert_close(pruned[0], ref[0])
+
+
+@pytest.mark.parametrize('name', MODELS)
+def test_export_and_determinism(name):
+    model = zoo.create_model(name).eval()
+    x = _input(model, batch=1)
+    with torch.no_grad():
+        a, b = model(x), model(x)
+        exported = torch.export.export(model, (x,))
+        c = exported.module()(x)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(c, a)
+
+
+@pytest.mark.parametrize('name', MODELS)
+def test_grad_checkpointing_same_output(name):
+    model = zoo.create_model(name).eval()
+    x = _input(model, batch=1)
+    with torch.no_grad():
+        ref = model(x)
+    model.set_grad_checkpointing(True)
+    assert model.grad_checkpointing
+    model.train()
+    for m in model.modules():  # keep BN in eval so that outputs are comparable
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) or m.__class__.__name__.startswith('Drop'):
+            m.eval()
+    out = model(x.requires_grad_())
+    torch.testing.assert_close(out, ref)
+    out.sum().backward()
+
+
+@pytest.mark.parametrize('name', MODELS)
+def test_pretrained_cfg(name):
+    cfg = zoo.create_model(name).pretrained_cfg
+    for key in ('input_size', 'crop_pct', 'interpolation', 'mean', 'std', 'license', 'first_conv', 'classifier'):
+        assert cfg.get(key) is not None, key
+    if cfg.get('tag') == 'official_in1k':  # converted official weights live on the Hub under our org
+        assert cfg['hf_hub_id'] == f'supernet-zoo/{name}.official_in1k'
+    else:
+        assert cfg.get('hf_hub_id') is None
+    if name in zoo.CATALOG:
+        assert cfg['input_size'][-1] == zoo.CATALOG[name].input_size
+        assert cfg['paper_ids'] == zoo.CATALOG[name].paper_id

@@ -1,0 +1,111 @@
+"""The catalog: every found architecture with what its paper claims about it.
+
+Specs live next to their builders (``backbones.<family>.SPECS``, like timm's arch defs); this module adds the
+provenance a user compares against: paper, source table, claimed top-1, parameters, FLOPs and the counting
+rule that turns our measured multiply-accumulates into the paper's figure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import backbones
+from backbones import mbconv, resnest
+
+
+@dataclass(frozen=True)
+class FlopsRule:
+    """How a paper counted FLOPs, relative to conv/linear/matmul MACs measured by torch's flop counter.
+
+    ``factor`` multiplies the measured MACs; ``note`` says where the factor comes from.
+    """
+
+    factor: float
+    note: str
+
+
+DNA_RULE = FlopsRule(
+    1.034,
+    'DNA counts with a ptflops-style counter that adds BN and activation cost: its Table 2 FLOPs are the '
+    'conv+FC MACs times ~1.034 (EfficientNet-B0: 386M MACs -> 399M listed).',
+)
+PINAS_RULE = FlopsRule(
+    1.009,
+    "Pi-NAS counts with mmcv's flops counter, which adds BN, pooling and activations: its FLOPs are the "
+    'conv+FC MACs times ~1.009 (ResNeSt-50: 5.371G MACs -> 5.42G listed).',
+)
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """One catalog entry: a registered timm name and the paper's claims about it."""
+
+    name: str
+    family: str
+    paper: str
+    paper_id: str
+    source_table: str
+    top1: float | None
+    params_m: float
+    flops_m: float
+    flops_rule: FlopsRule
+    input_size: int
+    license: str
+    origin: str
+    reconstructed: bool = False
+    notes: str = ''
+    spec: dict = field(default_factory=dict, repr=False, compare=False)
+
+
+_DNA = dict(
+    family=mbconv.FAMILY,
+    paper='DNA',
+    paper_id='arXiv:2403.01326',
+    source_table='DNA Table 2',
+    flops_rule=DNA_RULE,
+    input_size=224,
+    license='unknown (no license in the official repository)',
+    origin='https://github.com/changlin31/DNA (retraining/model.py)',
+)
+_PINAS = dict(
+    family=resnest.FAMILY,
+    paper='Pi-NAS',
+    paper_id='arXiv:2108.09671',
+    flops_rule=PINAS_RULE,
+    input_size=224,
+    license='mit (setup.py of the official repository)',
+    origin='https://github.com/Ernie1/Pi-NAS (alone_resnest50 choice vectors)',
+)
+
+_RECORDS = [
+    ModelRecord('dna_a', top1=77.1, params_m=4.2, flops_m=348, notes='searched under 350M FLOPs', **_DNA),
+    ModelRecord('dna_b', top1=77.5, params_m=4.9, flops_m=406, notes='README lists 394M FLOPs', **_DNA),
+    ModelRecord('dna_c', top1=77.8, params_m=5.3, flops_m=466, notes='searched under 5.3M params', **_DNA),
+    ModelRecord('dna_d', top1=78.4, params_m=6.4, flops_m=611, notes='unconstrained', **_DNA),
+    ModelRecord(
+        'pinas_cls',
+        source_table='Pi-NAS Table 2',
+        top1=81.6,
+        params_m=27.1,
+        flops_m=5380,
+        notes='Pi-NAS-alpha; top-1 with AugMix retraining',
+        **_PINAS,
+    ),
+    ModelRecord(
+        'pinas_trans',
+        source_table='Pi-NAS Table 1',
+        top1=81.1,
+        params_m=27.0,
+        flops_m=5300,
+        notes='Pi-NAS-gamma; top-1 in the fast setting (270 epochs, batch 512); no ImageNet weights released',
+        **_PINAS,
+    ),
+]
+
+
+def _with_spec(record: ModelRecord) -> ModelRecord:
+    spec = backbones.FAMILIES[record.family].SPECS[record.name]
+    return ModelRecord(**{**record.__dict__, 'spec': backbones.validate_spec(spec)})
+
+
+CATALOG: dict[str, ModelRecord] = {r.name: _with_spec(r) for r in _RECORDS}

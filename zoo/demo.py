@@ -1,0 +1,67 @@
+"""The end-to-end tour behind ``make demo`` / ``zoo demo``: build every model, run it, compare with the papers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from .api import create_model, list_models, model_info
+
+COLUMNS = (
+    ('model', 'Model'),
+    ('paper', 'Paper'),
+    ('params', 'Params (M) ours / paper'),
+    ('flops', 'FLOPs (M) ours* / paper'),
+    ('delta', 'FLOPs diff'),
+    ('top1', 'Paper top-1'),
+    ('source', 'Source'),
+)
+
+
+def measure_row(name: str) -> dict[str, Any]:
+    """Measure one model: params, FLOPs under its paper's rule, and a forward pass with a finite output."""
+    info = model_info(name, measure=True)
+    model = create_model(name).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, info['input_size'], info['input_size']))
+    if out.shape != (2, 1000) or not torch.isfinite(out).all():
+        raise RuntimeError(f'{name}: forward gave shape {tuple(out.shape)} or non-finite logits')
+    flops = info['measured_flops_rule_m']
+    label = f'{name} (reconstruction)' if info['reconstructed'] else name
+    return {
+        'model': label,
+        'paper': info['paper'],
+        'params': f'{info["measured_params_m"]:.3f} / {info["params_m"]}',
+        'flops': f'{flops:.0f} / {info["flops_m"]:g}',
+        'delta': f'{100 * (flops / info["flops_m"] - 1):+.1f}%',
+        'top1': '-' if info['top1'] is None else f'{info["top1"]}',
+        'source': info['source_table'],
+    }
+
+
+def to_markdown(rows: list[dict[str, Any]]) -> str:
+    """Render demo rows as a Markdown table with a footnote on the counting rule."""
+    lines = ['| ' + ' | '.join(title for _, title in COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
+    lines += ['| ' + ' | '.join(str(row[key]) for key, _ in COLUMNS) + ' |' for row in rows]
+    lines.append('')
+    lines.append(
+        "*ours: conv/linear/matmul MACs from torch.utils.flop_counter at the paper's input size, converted with "
+        "the paper's counting rule (see `zoo.model_info(name)['flops_rule']`)."
+    )
+    return '\n'.join(lines) + '\n'
+
+
+def run_demo(out: str | Path | None = None, pattern: str = '*') -> str:
+    """Measure every catalog model matching ``pattern``, print the table, and write it to ``out`` if given."""
+    torch.manual_seed(0)
+    names = list_models(pattern)
+    rows = [measure_row(name) for name in tqdm(names, desc='building and measuring models', unit='model')]
+    table = to_markdown(rows)
+    print(table)
+    if out is not None:
+        Path(out).write_text(table)
+        print(f'table written to {out}')
+    return table
