@@ -7,6 +7,9 @@ architectures found in its paper (``SPECS``) and its timm entry points. Nothing 
 
 from __future__ import annotations
 
+import json
+from os import PathLike
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -16,7 +19,7 @@ from . import mbconv, resnest
 from ._features import check_out_indices
 from ._spec import SpecError
 
-__all__ = ['FAMILIES', 'SpecError', 'build', 'check_out_indices', 'family_of', 'validate_spec']
+__all__ = ['FAMILIES', 'SpecError', 'build', 'check_out_indices', 'family_of', 'load_spec', 'validate_spec']
 
 FAMILIES: dict[str, ModuleType] = {
     mbconv.FAMILY: mbconv,
@@ -42,3 +45,25 @@ def validate_spec(spec: Any) -> dict:
 def build(spec: dict, pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """Build the network described by ``spec`` with timm keyword arguments (``num_classes``, ``features_only``...)."""
     return family_of(spec).build(spec, pretrained=pretrained, **kwargs)
+
+
+def load_spec(source: str | PathLike) -> tuple[dict, dict]:
+    """Read a spec from JSON text or a ``.json`` file; returns ``(validated spec, provenance)``.
+
+    Accepts a bare spec or the ``{"spec": ..., "search": {...}}`` form that ``search.write_spec`` emits (its
+    ``search`` part is the provenance). A missing file, broken JSON or an invalid spec each raise an error that
+    names the problem and the file.
+    """
+    text, where = str(source), 'spec'
+    if not text.lstrip().startswith('{'):
+        path = Path(text)
+        if not path.is_file():
+            raise FileNotFoundError(f'spec file not found: {path}')
+        text, where = path.read_text(), str(path)
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SpecError(f'{where} is not valid JSON: {err}') from err
+    if isinstance(doc, dict) and 'spec' in doc and 'family' not in doc:
+        return validate_spec(doc['spec']), dict(doc.get('search') or {})
+    return validate_spec(doc), {}

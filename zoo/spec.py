@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 from os import PathLike
-from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
 
 import backbones
-from backbones import SpecError
 
 
 def validate_spec(spec: Any) -> dict:
@@ -24,22 +22,8 @@ def spec_to_json(spec: dict, indent: int | None = 2) -> str:
 
 
 def spec_from_json(source: str | PathLike) -> dict:
-    """Load a spec from JSON text or from a ``.json`` file path, and validate it.
-
-    A path that does not exist, a file that is not JSON, or a spec that does not validate each raise an error
-    that names the problem.
-    """
-    text = str(source)
-    if not text.lstrip().startswith('{'):
-        path = Path(text)
-        if not path.is_file():
-            raise FileNotFoundError(f'spec file not found: {path}')
-        text = path.read_text()
-    try:
-        spec = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise SpecError(f'spec is not valid JSON: {err}') from err
-    return validate_spec(spec)
+    """Load and validate a spec from JSON text or a ``.json`` file (also the form ``search`` emits)."""
+    return backbones.load_spec(source)[0]
 
 
 def spec_of(model: nn.Module) -> dict:
