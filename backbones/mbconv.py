@@ -44,6 +44,7 @@ from timm.models._efficientnet_builder import decode_arch_def
 from timm.models.efficientnet import EfficientNet, EfficientNetFeatures
 
 from ._features import check_out_indices
+from ._pretrained import hub_id, resolve_pretrained
 from ._spec import SpecError, check_header, check_int, check_list
 
 __all__ = ['FAMILY', 'SPECS', 'SPEC_VERSION', 'MBConvNet', 'MBConvNetFeatures', 'build', 'validate_spec']
@@ -213,6 +214,7 @@ class MBConvNetFeatures(EfficientNetFeatures):
 
 def _create(variant: str, pretrained: bool = False, spec: dict | None = None, **kwargs: Any) -> nn.Module:
     spec = validate_spec(SPECS[variant] if spec is None else spec)
+    kwargs = resolve_pretrained(variant, pretrained, kwargs)
     kwargs.setdefault('drop_rate', 0.2)
     kwargs.setdefault('drop_path_rate', 0.2)
     if kwargs.pop('features_only', False):
@@ -241,7 +243,7 @@ def build(spec: dict, pretrained: bool = False, **kwargs: Any) -> nn.Module:
 
 def _cfg(name: str, **kwargs: Any) -> dict:
     return {
-        'hf_hub_id': f'supernet-zoo/{name}.official_in1k',
+        'hf_hub_id': hub_id(name),
         'num_classes': 1000,
         'input_size': (3, 224, 224),
         'pool_size': (7, 7),

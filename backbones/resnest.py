@@ -43,6 +43,7 @@ from timm.models.resnest import ResNestBottleneck
 from timm.models.resnet import ResNet
 
 from ._features import check_out_indices
+from ._pretrained import hub_id, resolve_pretrained
 from ._spec import check_choice, check_header, check_list
 
 __all__ = ['CANDIDATES', 'FAMILY', 'SPECS', 'SPEC_VERSION', 'ResNestNAS', 'build', 'validate_spec']
@@ -138,6 +139,7 @@ class ResNestNAS(ResNet):
 
 def _create(variant: str, pretrained: bool = False, spec: dict | None = None, **kwargs: Any) -> ResNestNAS:
     spec = validate_spec(SPECS[variant] if spec is None else spec)
+    kwargs = resolve_pretrained(variant, pretrained, kwargs)
     if kwargs.get('features_only'):
         kwargs['out_indices'] = check_out_indices(
             kwargs.get('out_indices', (0, 1, 2, 3, 4)), NUM_FEATURE_LEVELS, variant
@@ -154,7 +156,7 @@ def build(spec: dict, pretrained: bool = False, **kwargs: Any) -> nn.Module:
 
 def _cfg(name: str, tag: str = 'official_in1k', **kwargs: Any) -> dict:
     return {
-        'hf_hub_id': f'supernet-zoo/{name}.{tag}',
+        'hf_hub_id': hub_id(name, tag),
         'num_classes': 1000,
         'input_size': (3, 224, 224),
         'pool_size': (7, 7),

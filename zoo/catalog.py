@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import backbones
 from backbones import mbconv, resnest
+from backbones._pretrained import KNOWN_SHA256, hub_id
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class ModelRecord:
     origin: str
     reconstructed: bool = False
     notes: str = ''
+    weights_sha256: str | None = None  # sha256 of the Hub model.safetensors, checked on download
     spec: dict = field(default_factory=dict, repr=False, compare=False)
 
 
@@ -109,3 +111,5 @@ def _with_spec(record: ModelRecord) -> ModelRecord:
 
 
 CATALOG: dict[str, ModelRecord] = {r.name: _with_spec(r) for r in _RECORDS}
+
+KNOWN_SHA256.update({hub_id(r.name): r.weights_sha256 for r in CATALOG.values() if r.weights_sha256})
