@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-dev
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade 'pip>=24' 'setuptools>=69'
-	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pip install -e '.[dev,onnx]'
 	touch $(STAMP)
 
 demo: $(STAMP)
