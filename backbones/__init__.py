@@ -15,7 +15,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from . import mbconv, resnest
+from . import hytra, mbconv, nasvit, resnest
 from ._features import check_out_indices
 from ._spec import SpecError
 
@@ -24,6 +24,8 @@ __all__ = ['FAMILIES', 'SpecError', 'build', 'check_out_indices', 'family_of', '
 FAMILIES: dict[str, ModuleType] = {
     mbconv.FAMILY: mbconv,
     resnest.FAMILY: resnest,
+    nasvit.FAMILY: nasvit,
+    hytra.FAMILY: hytra,
 }
 
 

@@ -17,7 +17,12 @@ from .flops import count_macs, count_params
 from .spec import spec_from_json, validate_spec
 
 #: timm entry points that build any spec of a family (``timm.create_model(name, spec=...)``).
-FAMILY_ENTRYPOINTS: dict[str, str] = {'mbconv': 'mbconv', 'resnest': 'resnest_nas'}
+FAMILY_ENTRYPOINTS: dict[str, str] = {
+    'mbconv': 'mbconv',
+    'resnest': 'resnest_nas',
+    'nasvit': 'nasvit',
+    'hytra': 'hytra',
+}
 
 
 def list_models(pattern: str = '*', include_families: bool = False) -> list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import backbones
-from backbones import mbconv, resnest
+from backbones import hytra, mbconv, nasvit, resnest
 from backbones._pretrained import KNOWN_SHA256, hub_id
 
 
@@ -47,7 +47,7 @@ class ModelRecord:
     paper_id: str
     source_table: str
     top1: float | None
-    params_m: float
+    params_m: float | None
     flops_m: float
     flops_rule: FlopsRule
     input_size: int
@@ -78,6 +78,44 @@ _PINAS = dict(
     license='mit (setup.py of the official repository)',
     origin='https://github.com/Ernie1/Pi-NAS (alone_resnest50 choice vectors)',
 )
+BOSSNAS_RULE = FlopsRule(
+    1.0,
+    "BossNAS's boss_madds.py counts every conv and linear layer and both attention products, nothing "
+    "element-wise: torch's counter with the SDPA formula counts the same (it omits the script's phantom SE on "
+    'attention layers, 0.13% of BossNet-T0).',
+)
+_BOSSNAS = dict(
+    family=hytra.FAMILY,
+    paper='BossNAS',
+    paper_id='arXiv:2103.12424',
+    source_table='BossNAS Table 1',
+    flops_rule=BOSSNAS_RULE,
+    input_size=224,
+    license='unknown (no license file in the official repository)',
+    origin='https://github.com/changlin31/BossNAS (retraining_hytra/boss_models.py)',
+)
+NASVIT_RULE = FlopsRule(
+    1.0,
+    "NASViT's official counter counts convolutions, the classifier, attention projections and both attention "
+    'matmuls (specs/nasvit.md section 1.6); that is exactly what torch.utils.flop_counter counts (tested).',
+)
+_NASVIT = dict(
+    family=nasvit.FAMILY,
+    paper='NASViT',
+    paper_id='https://openreview.net/forum?id=Qaw16njk6L',
+    flops_rule=NASVIT_RULE,
+    params_m=None,  # the paper reports no parameter counts
+    license='cc-by-nc-4.0',
+    origin='https://github.com/facebookresearch/NASViT',
+)
+
+
+def _nasvit(name: str, **kwargs) -> ModelRecord:
+    flops, top1 = nasvit.TABLE6.get(name, (189.8, 78.1))
+    return ModelRecord(
+        name, flops_m=flops, top1=top1, input_size=nasvit.SPECS[name]['resolution'], **{**_NASVIT, **kwargs}
+    )
+
 
 _RECORDS = [
     ModelRecord('dna_a', top1=77.1, params_m=4.2, flops_m=348, notes='searched under 350M FLOPs', **_DNA),
@@ -102,6 +140,27 @@ _RECORDS = [
         notes='Pi-NAS-gamma; top-1 in the fast setting (270 epochs, batch 512); no ImageNet weights released',
         **_PINAS,
     ),
+    ModelRecord('bossnet_t0', top1=80.8, params_m=38.4, flops_m=3400, notes='81.6% at 288px (5.7B MAdds)', **_BOSSNAS),
+    ModelRecord('bossnet_t0_nose', top1=80.5, params_m=37.3, flops_m=3400, notes='ReLU, no SE', **_BOSSNAS),
+    ModelRecord(
+        'bossnet_t1',
+        top1=82.2,
+        params_m=38.4,
+        flops_m=7900,
+        notes='last stride 1; 82.5% at 256px (10.5B MAdds); README: 81.9%',
+        **_BOSSNAS,
+    ),
+    *[
+        _nasvit(
+            f'nasvit_a{i}',
+            source_table='NASViT Table 6',
+            reconstructed=True,
+            notes='reconstruction: derived from Table 13 to hit the Table 6 FLOPs (docs/nasvit.md)',
+        )
+        for i in range(6)
+    ],
+    _nasvit('nasvit_min', source_table='NASViT Table 7', notes='smallest subnet of the supernet (exact)'),
+    _nasvit('nasvit_max', source_table='NASViT Table 6', notes='largest subnet of the supernet (exact)'),
 ]
 
 
