@@ -231,11 +231,13 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, _, H, W = x.shape
-        # token-major copy: fused SDPA kernels need a unit stride on the head dim (else the math fallback runs)
-        qkv = self.qkv(x).reshape(B, 3, self.heads, self.dim_head, H * W).transpose(-1, -2).contiguous()
-        q, k, v = qkv.unbind(1)  # (B, heads, H*W, dim_head)
+        # Token-major view (B, N, 3, heads, dim_head): free for channels_last maps, one copy for NCHW. q, k, v
+        # then have a unit stride on the head dim, which the fused SDPA kernels need (else the math path runs).
+        qkv = self.qkv(x).permute(0, 2, 3, 1).reshape(B, H * W, 3, self.heads, self.dim_head)
+        q, k, v = qkv.transpose(1, 3).unbind(2)  # each (B, heads, N, dim_head)
         x = F.scaled_dot_product_attention(q, k, v)
-        return x.transpose(-1, -2).reshape(B, self.heads * self.dim_head, H, W)
+        # back to a (B, C, H, W) map stored channels-last, the layout the following BN/1x1 conv prefer on GPUs
+        return x.transpose(1, 2).reshape(B, H, W, self.heads * self.dim_head).permute(0, 3, 1, 2)
 
 
 class ResAtt(nn.Module):

@@ -114,17 +114,22 @@ def bench_torch(
     return seconds, peak
 
 
-def bench_onnxruntime(model: nn.Module, batch: int, img_size: int, warmup: int = 3, iters: int = 10) -> float:
-    """Seconds per inference batch with onnxruntime on the CPU (the model is exported first)."""
+def bench_onnx_file(path: str | Path, batch: int, img_size: int, warmup: int = 3, iters: int = 10) -> float:
+    """Seconds per inference batch of an exported ONNX file with onnxruntime on the CPU."""
     import onnxruntime as ort
 
+    session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    x = {session.get_inputs()[0].name: torch.randn(batch, 3, img_size, img_size).numpy()}
+    return _timed(lambda: session.run(None, x), 'cpu', warmup, iters)
+
+
+def bench_onnxruntime(model: nn.Module, batch: int, img_size: int, warmup: int = 3, iters: int = 10) -> float:
+    """Seconds per inference batch with onnxruntime on the CPU (the model is exported to a temporary file)."""
     from .onnx import export_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
         report = export_onnx(model, Path(tmp) / 'm.onnx', input_size=(3, img_size, img_size), check=False)
-        session = ort.InferenceSession(str(report.path), providers=['CPUExecutionProvider'])
-        x = {session.get_inputs()[0].name: torch.randn(batch, 3, img_size, img_size).numpy()}
-        return _timed(lambda: session.run(None, x), 'cpu', warmup, iters)
+        return bench_onnx_file(report.path, batch, img_size, warmup, iters)
 
 
 def run(
@@ -142,6 +147,8 @@ def run(
     import zoo  # noqa: F401  (registers the zoo's models with timm)
 
     on_cuda = device.startswith('cuda')
+    if on_cuda:
+        torch.backends.cudnn.benchmark = True  # as timm's benchmark.py: let cuDNN pick its fastest algorithms
     amp_dtype = torch.bfloat16 if on_cuda and amp else None
     results = []
     jobs = [(m, b, mode, bs) for m in models for b in backends for mode in modes for bs in batches]

@@ -17,6 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser('demo', help='build every model, run it, and print params/FLOPs next to the papers')
     demo.add_argument('--out', default=None, help='also write the table as Markdown to this file')
     demo.add_argument('--pattern', default='*', help='only models matching this shell pattern')
+    demo.add_argument('--no-onnx', action='store_true', help='skip the ONNX export and latency chapter')
     lst = sub.add_parser('list', help='list the catalog')
     lst.add_argument('pattern', nargs='?', default='*')
     info = sub.add_parser('info', help="a model's paper claims (and, with --measure, our measurements)")
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == 'demo':
-            run_demo(args.out, args.pattern)
+            run_demo(args.out, args.pattern, onnx=not args.no_onnx)
         elif args.command == 'list':
             print('\n'.join(list_models(args.pattern)))
         elif args.command == 'info':

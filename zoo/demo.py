@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,9 @@ import torch
 from tqdm import tqdm
 
 from .api import create_model, list_models, model_info
+
+#: the models the demo exports to ONNX: one CNN, one hybrid with attention
+ONNX_MODELS = ('dna_c', 'bossnet_t0')
 
 COLUMNS = (
     ('model', 'Model'),
@@ -54,14 +58,43 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def run_demo(out: str | Path | None = None, pattern: str = '*') -> str:
-    """Measure every catalog model matching ``pattern``, print the table, and write it to ``out`` if given."""
+def onnx_chapter(names: tuple[str, ...] = ONNX_MODELS, out_dir: str | Path | None = None) -> str:
+    """Export models to ONNX, check them in onnxruntime, and compare CPU latency of torch and onnxruntime."""
+    from .benchmark import bench_onnx_file, bench_torch
+    from .onnx import export_onnx
+
+    lines = [
+        '| Model | ONNX file | max abs diff vs torch | torch eager (ms) | onnxruntime (ms) |',
+        '|---|---|---|---|---|',
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(out_dir or tmp)
+        for name in tqdm(names, desc='exporting to ONNX', unit='model'):
+            model = create_model(name).eval()
+            size = model.pretrained_cfg['input_size'][-1]
+            report = export_onnx(model, folder / f'{name}.onnx')
+            torch_s, _ = bench_torch(model, 1, size, warmup=2, iters=5)
+            ort_s = bench_onnx_file(report.path, 1, size, warmup=2, iters=5)
+            shown = report.path if out_dir else report.path.name
+            lines.append(
+                f'| {name} | {shown} | {report.max_abs_diff:.1e} | {1000 * torch_s:.1f} | {1000 * ort_s:.1f} |'
+            )
+    return '\n'.join([*lines, '', f'CPU, batch 1, {torch.get_num_threads()} threads, fp32.', ''])
+
+
+def run_demo(out: str | Path | None = None, pattern: str = '*', onnx: bool = True) -> str:
+    """Measure every catalog model matching ``pattern`` and print the table; then, with ``onnx``, export two
+    models, check them in onnxruntime and print the latency table. Writes everything to ``out`` if given."""
     torch.manual_seed(0)
     names = list_models(pattern)
     rows = [measure_row(name) for name in tqdm(names, desc='building and measuring models', unit='model')]
-    table = to_markdown(rows)
-    print(table)
+    report = to_markdown(rows)
+    print(report)
+    if onnx:
+        chapter = onnx_chapter()
+        print(chapter)
+        report += '\n## ONNX export and CPU latency\n\n' + chapter
     if out is not None:
-        Path(out).write_text(table)
-        print(f'table written to {out}')
-    return table
+        Path(out).write_text(report)
+        print(f'report written to {out}')
+    return report

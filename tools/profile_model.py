@@ -1,0 +1,67 @@
+"""Profile one inference or training step of a model with torch.profiler: top kernels and a Chrome trace.
+
+Usage: python tools/profile_model.py bossnet_t0 --device cuda --mode train --batch 128 --out trace.json
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+import zoo  # noqa: F401  (registers the models)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('model')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--mode', choices=['infer', 'train'], default='train')
+    parser.add_argument('--batch', type=int, default=64)
+    parser.add_argument('--compile', action='store_true')
+    parser.add_argument('--no-amp', action='store_true')
+    parser.add_argument('--rows', type=int, default=25)
+    parser.add_argument('--out', default=None, help='write a Chrome trace here')
+    args = parser.parse_args()
+
+    cuda = args.device.startswith('cuda')
+    torch.backends.cudnn.benchmark = cuda
+    model = timm.create_model(args.model).to(args.device, memory_format=torch.channels_last)
+    fn = torch.compile(model) if args.compile else model
+    size = model.pretrained_cfg['input_size'][-1]
+    x = torch.randn(args.batch, 3, size, size, device=args.device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (args.batch,), device=args.device)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    amp = torch.autocast(args.device.split(':')[0], dtype=torch.bfloat16, enabled=cuda and not args.no_amp)
+
+    def step() -> None:
+        if args.mode == 'infer':
+            with torch.inference_mode(), amp:
+                fn(x)
+            return
+        with amp:
+            loss = F.cross_entropy(fn(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    model.train(args.mode == 'train')
+    for _ in range(5):
+        step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(3):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+    sort = 'self_cuda_time_total' if cuda else 'self_cpu_time_total'
+    print(prof.key_averages().table(sort_by=sort, row_limit=args.rows))
+    if args.out:
+        prof.export_chrome_trace(args.out)
+
+
+if __name__ == '__main__':
+    main()
