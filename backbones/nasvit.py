@@ -87,7 +87,7 @@ from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedRes
 from timm.models._features import feature_take_indices
 
 from ._features import check_out_indices
-from ._pretrained import resolve_pretrained
+from ._pretrained import hub_id, resolve_pretrained
 from ._spec import check_choice, check_header, check_int, check_list
 
 __all__ = [
@@ -611,7 +611,8 @@ _RECONSTRUCTED = (
     'RECONSTRUCTION: the paper gives no complete config (Table 13 covers A1-A4 only, is incomplete and does not '
     'reproduce Table 6 FLOPs); this spec is derived in docs/nasvit.md and hits the Table 6 FLOPs within 1% under '
     'the official counting rule',
-    'No official weights: the release is one supernet checkpoint; weights for this spec would be sliced from it',
+    'Weights: sliced from the official supernet checkpoint (tools/convert_checkpoint.py --family nasvit), not '
+    'retrained; the release has no per-model checkpoints',
 )
 
 
@@ -619,7 +620,7 @@ def _cfg(name: str, notes: tuple[str, ...], **kwargs: Any) -> dict:
     res = SPECS[name]['resolution']
     pool = _pool_side(res)
     return {
-        'hf_hub_id': None,
+        'hf_hub_id': hub_id(name, 'supernet_in1k'),
         'num_classes': 1000,
         'input_size': (3, res, res),
         'pool_size': (pool, pool),
@@ -655,7 +656,7 @@ _CFGS = {
         (
             'Smallest subnet of the NASViT supernet (exact): 189.8M FLOPs under the official rule; paper Table 7: '
             '78.1% top-1, official supernet checkpoint README: 78.34%',
-            'No converted weights; slice them from the official supernet checkpoint',
+            'Weights: sliced from the official supernet checkpoint (tools/convert_checkpoint.py --family nasvit)',
         ),
     ),
     'nasvit_max': _cfg(
@@ -663,12 +664,14 @@ _CFGS = {
         (
             'Largest subnet of the NASViT supernet (exact): 1881.7M FLOPs under the official rule; paper Table 6: '
             '82.9% top-1, supernet checkpoint README: 82.79%',
-            'No converted weights; slice them from the official supernet checkpoint',
+            'Weights: sliced from the official supernet checkpoint (tools/convert_checkpoint.py --family nasvit)',
         ),
     ),
-    'nasvit': _cfg('nasvit', ('Generic NASViT space; pass spec=... (default: the NASViT-A0 reconstruction)',)),
+    'nasvit': _cfg(
+        'nasvit', ('Generic NASViT space; pass spec=... (default: the NASViT-A0 reconstruction)',), hf_hub_id=None
+    ),
 }
-default_cfgs = generate_default_cfgs(_CFGS)
+default_cfgs = generate_default_cfgs({k if k == 'nasvit' else f'{k}.supernet_in1k': v for k, v in _CFGS.items()})
 
 
 @register_model

@@ -180,7 +180,11 @@ default_cfgs = generate_default_cfgs(
             'pinas_cls', notes=('Pi-NAS-alpha; weights from the official PiNAS_cls release',)
         ),
         # The official release has no ImageNet checkpoint for Pi-NAS-trans (only COCO/ADE20K/Cityscapes fine-tunes).
-        'pinas_trans': _cfg('pinas_trans', hf_hub_id=None, notes=('Pi-NAS-gamma; no ImageNet weights were released',)),
+        'pinas_trans.in1k': _cfg(
+            'pinas_trans',
+            'in1k',
+            notes=('Pi-NAS-gamma; the authors released no ImageNet checkpoint, so these weights are trained by us',),
+        ),
         'resnest_nas': _cfg('resnest_nas', hf_hub_id=None, notes=('Generic Pi-NAS space; pass spec=...',)),
     }
 )

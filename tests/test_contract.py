@@ -11,6 +11,7 @@ import torch.nn as nn
 
 import backbones
 import zoo
+from backbones._pretrained import hub_id
 from zoo.onnx import export_onnx
 
 MODELS = zoo.list_models(include_families=True)
@@ -148,9 +149,10 @@ def test_pretrained_cfg(name):
     cfg = zoo.create_model(name).pretrained_cfg
     for key in ('input_size', 'crop_pct', 'interpolation', 'mean', 'std', 'license', 'first_conv', 'classifier'):
         assert cfg.get(key) is not None, key
-    if cfg.get('tag') == 'official_in1k':  # converted official weights live on the Hub under our org
-        assert cfg['hf_hub_id'] == f'supernet-zoo/{name}.official_in1k'
-    else:
+    if name in zoo.CATALOG:  # every catalog model names its weights' Hub repo under our one organisation
+        assert cfg['hf_hub_id'] == hub_id(name, cfg['tag']), cfg.get('hf_hub_id')
+        assert cfg['notes'], 'notes must say where the weights come from'
+    else:  # family entry points build arbitrary specs: no weights
         assert cfg.get('hf_hub_id') is None
     if name in zoo.CATALOG:
         assert cfg['input_size'][-1] == zoo.CATALOG[name].input_size
