@@ -38,7 +38,7 @@ def measure_row(name: str) -> dict[str, Any]:
     return {
         'model': label,
         'paper': info['paper'],
-        'params': f'{info["measured_params_m"]:.3f} / {info["params_m"]}',
+        'params': f'{info["measured_params_m"]:.3f} / {"-" if info["params_m"] is None else info["params_m"]}',
         'flops': f'{flops:.0f} / {info["flops_m"]:g}',
         'delta': f'{100 * (flops / info["flops_m"] - 1):+.1f}%',
         'top1': '-' if info['top1'] is None else f'{info["top1"]}',
