@@ -8,6 +8,8 @@ from backbones import SpecError
 from .api import FAMILY_ENTRYPOINTS, create_model, get_spec, list_models, model_info
 from .catalog import CATALOG, FlopsRule, ModelRecord
 from .flops import count_macs, count_params
+from .hub import push_to_hub, save_for_hub
+from .onnx import export_onnx
 from .spec import spec_from_json, spec_of, spec_to_json, validate_spec
 
 __all__ = [
@@ -19,9 +21,12 @@ __all__ = [
     'count_macs',
     'count_params',
     'create_model',
+    'export_onnx',
     'get_spec',
     'list_models',
     'model_info',
+    'push_to_hub',
+    'save_for_hub',
     'spec_from_json',
     'spec_of',
     'spec_to_json',
