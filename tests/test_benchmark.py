@@ -18,6 +18,14 @@ def test_benchmark_run_and_save(tmp_path):
     assert '| dna_a | onnxruntime | infer | 2 | 64 |' in to_markdown(results)
 
 
+def test_zoo_benchmark_command(tmp_path, capsys):
+    from zoo.cli import main
+
+    argv = ['benchmark', '--models', 'dna_a', '--backends', 'eager', '--batches', '1', '--img-size', '32']
+    assert main([*argv, '--iters', '1', '--warmup', '0', '--out-dir', str(tmp_path)]) == 0
+    assert (tmp_path / 'benchmark.json').is_file() and '| dna_a | eager |' in capsys.readouterr().out
+
+
 def test_plot_zoo_writes_a_png(tmp_path):
     bench = tmp_path / 'bench.json'
     rows = [{'model': 'dna_c', 'mode': 'infer', 'backend': 'eager', 'img_per_s': 100.0, 'device': 'cpu'}]

@@ -210,3 +210,42 @@ def save(results: list[BenchResult], out_dir: str | Path, stem: str = 'benchmark
     json_path.write_text(json.dumps([asdict(r) for r in results], indent=2))
     md_path.write_text(to_markdown(results))
     return {'json': json_path, 'markdown': md_path}
+
+
+def add_arguments(parser: Any) -> None:
+    """The command-line options of ``tools/benchmark.py`` and ``zoo benchmark``."""
+    parser.add_argument('--models', nargs='*', default=[])
+    parser.add_argument('--all', action='store_true', help='every model of the zoo')
+    parser.add_argument('--peers', action='store_true', help=f'add timm peers: {", ".join(PEERS)}')
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--batches', nargs='+', type=int, default=[1, 32])
+    parser.add_argument('--backends', nargs='+', default=['eager', 'compile', 'onnxruntime'])
+    parser.add_argument('--modes', nargs='+', default=['infer'], choices=['infer', 'train'])
+    parser.add_argument('--img-size', type=int, default=None)
+    parser.add_argument('--no-amp', action='store_true', help='fp32 on CUDA instead of bf16 autocast')
+    parser.add_argument('--warmup', type=int, default=3)
+    parser.add_argument('--iters', type=int, default=10)
+    parser.add_argument('--out-dir', default='benchmarks')
+
+
+def run_from_args(args: Any) -> list[BenchResult]:
+    """Run, print and save a benchmark described by parsed :func:`add_arguments` options."""
+    from .api import list_models
+
+    models = list(args.models) + (list_models() if args.all else []) + (list(PEERS) if args.peers else [])
+    if not models:
+        raise SystemExit('name models with --models, or use --all / --peers')
+    results = run(
+        models,
+        args.device,
+        tuple(args.batches),
+        tuple(args.backends),
+        tuple(args.modes),
+        args.img_size,
+        not args.no_amp,
+        args.warmup,
+        args.iters,
+    )
+    print(to_markdown(results))
+    print(save(results, args.out_dir))
+    return results

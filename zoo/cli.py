@@ -1,4 +1,4 @@
-"""The ``zoo`` console script: ``zoo demo``, ``zoo list``, ``zoo info NAME``, ``zoo spec NAME``."""
+"""The ``zoo`` console script: ``zoo demo``, ``zoo list``, ``zoo info NAME``, ``zoo spec NAME``, ``zoo benchmark``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import sys
 
 from .api import get_spec, list_models, model_info
+from .benchmark import add_arguments, run_from_args
 from .demo import run_demo
 
 
@@ -23,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     info = sub.add_parser('info', help="a model's paper claims (and, with --measure, our measurements)")
     info.add_argument('name')
     info.add_argument('--measure', action='store_true')
+    bench = sub.add_parser('benchmark', help='throughput / latency / memory of zoo models and timm peers')
+    add_arguments(bench)
     spec = sub.add_parser('spec', help="print a model's architecture spec as JSON")
     spec.add_argument('name')
     args = parser.parse_args(argv)
@@ -34,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
             print('\n'.join(list_models(args.pattern)))
         elif args.command == 'info':
             print(json.dumps(model_info(args.name, measure=args.measure), indent=2))
+        elif args.command == 'benchmark':
+            run_from_args(args)
         elif args.command == 'spec':
             print(json.dumps(get_spec(args.name), indent=2))
     except KeyError as err:
