@@ -46,6 +46,7 @@ def export_onnx(
     opset: int = 18,
     check: bool = True,
     simplify: bool = True,
+    optimize: bool = True,
     atol: float = 1e-4,
     **create_kwargs: Any,
 ) -> OnnxReport:
@@ -53,7 +54,8 @@ def export_onnx(
 
     ``input_size`` defaults to the model's ``pretrained_cfg['input_size']``. With ``check``, the file passes
     ``onnx.checker`` and onnxruntime's outputs on a random batch match torch's within ``atol`` (fp32), else a
-    ``RuntimeError`` reports the difference. features_only models export with one output per level.
+    ``RuntimeError`` reports the difference. features_only models export with one output per level. ``optimize``
+    runs the exporter's graph optimisations (off only to save time, e.g. in tests that check parity).
     """
     import onnx
     import onnxruntime as ort
@@ -78,6 +80,7 @@ def export_onnx(
             str(path),
             dynamo=True,
             opset_version=opset,
+            optimize=optimize,
             input_names=['input'],
             output_names=names,
             dynamic_shapes=dynamic_shapes,
