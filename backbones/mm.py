@@ -35,6 +35,7 @@ except ImportError as err:  # pragma: no cover - exercised only without OpenMMLa
         '(mmcv 2.1.0 with compiled ops has to be built from source for torch 2.14)'
     ) from err
 
+from . import mm_checkpoint  # noqa: F401  (registers PlainCheckpointHook for the configs' custom_hooks)
 from ._pretrained import HUB_ORG, fetch_weights
 
 __all__ = [

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mmengine.runner import Runner
@@ -37,20 +37,14 @@ def parse_args(argv: list[str] | None, task: str) -> argparse.Namespace:
     return args
 
 
-def allow_runner_checkpoint_types() -> None:
-    """Let torch's ``weights_only=True`` loader accept mmengine Runner checkpoints, naming each safe type.
+def ensure_plain_checkpoints(cfg: Any) -> None:
+    """Add ``PlainCheckpointHook`` to a config that lacks it, so that its checkpoints resume under weights_only."""
+    import backbones.mm  # noqa: F401  (registers the hook)
 
-    The Runner stores its message hub (``HistoryBuffer`` of numpy scalars) next to the weights; instead of turning
-    the safe loader off, the few plain-data types it needs are allow-listed.
-    """
-    import numpy as np
-    import torch
-    from mmengine.logging import HistoryBuffer
-
-    dtypes = [type(np.dtype(t)) for t in ('float64', 'float32', 'int64', 'int32', 'bool')]
-    multiarray = np._core.multiarray
-    safe = [HistoryBuffer, multiarray.scalar, multiarray._reconstruct, np.ndarray, np.dtype, *dtypes]
-    torch.serialization.add_safe_globals(safe)
+    hooks = list(cfg.get('custom_hooks') or [])
+    if not any(str(h.get('type', '')).endswith('PlainCheckpointHook') for h in hooks):
+        hooks.append(dict(type='PlainCheckpointHook'))
+    cfg.custom_hooks = hooks
 
 
 def build_runner(argv: list[str] | None = None, task: str = 'mmseg') -> Runner:
@@ -71,8 +65,8 @@ def build_runner(argv: list[str] | None = None, task: str = 'mmseg') -> Runner:
     if args.amp and cfg.optim_wrapper.get('type', 'OptimWrapper') != 'AmpOptimWrapper':
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+    ensure_plain_checkpoints(cfg)
     if args.resume:
-        allow_runner_checkpoint_types()
         cfg.resume = True
         cfg.load_from = None if args.resume == 'auto' else args.resume
     return Runner.from_cfg(cfg)

@@ -5,6 +5,8 @@
 #   the channels are overridden.
 _base_ = ['mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py']
 custom_imports = dict(imports=['backbones.mm'], allow_failed_imports=False)
+# checkpoints load under torch.load(weights_only=True), resume included (backbones/mm_checkpoint.py)
+custom_hooks = [dict(type='PlainCheckpointHook')]
 model = dict(
     backbone=dict(
         _delete_=True,

@@ -5,6 +5,8 @@
 #   the backbone and the channels are overridden.
 _base_ = ['mmseg::deeplabv3/deeplabv3_r50-d8_4xb2-80k_cityscapes-769x769.py']
 custom_imports = dict(imports=['backbones.mm'], allow_failed_imports=False)
+# checkpoints load under torch.load(weights_only=True), resume included (backbones/mm_checkpoint.py)
+custom_hooks = [dict(type='PlainCheckpointHook')]
 sync_bn = 'torch'
 model = dict(
     pretrained=None,

@@ -6,6 +6,8 @@
 #   backbone and the channels are overridden.
 _base_ = ['mmseg::segformer/segformer_mit-b0_8xb2-160k_ade20k-512x512.py']
 custom_imports = dict(imports=['backbones.mm'], allow_failed_imports=False)
+# checkpoints load under torch.load(weights_only=True), resume included (backbones/mm_checkpoint.py)
+custom_hooks = [dict(type='PlainCheckpointHook')]
 sync_bn = 'torch'
 model = dict(
     pretrained=None,

@@ -5,6 +5,8 @@
 #   backbone and the channels are overridden.
 _base_ = ['mmseg::upernet/upernet_r50_4xb4-160k_ade20k-512x512.py']
 custom_imports = dict(imports=['backbones.mm'], allow_failed_imports=False)
+# checkpoints load under torch.load(weights_only=True), resume included (backbones/mm_checkpoint.py)
+custom_hooks = [dict(type='PlainCheckpointHook')]
 sync_bn = 'torch'  # the backbone's BatchNorm becomes SyncBN under a distributed launcher, as mmseg's ResNet
 model = dict(
     pretrained=None,

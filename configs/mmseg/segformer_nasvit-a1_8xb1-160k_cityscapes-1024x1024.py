@@ -1,0 +1,24 @@
+# SegFormer all-MLP head + nasvit_a1, Cityscapes 1024x1024 crops, 8 GPUs x 1 image, 160k iterations.
+# Paper number to reproduce: NASViT (ICLR 2022) section 4.2 / Fig. 5(a): A1..A4 with the SegFormer head span Cityscapes
+#   73.2 mIoU at ~5G FLOPs to 76.1 at < 30G (per-model numbers only in the figure). The paper uses windows = side / 7
+#   in the transformer blocks for segmentation; this backbone keeps its searched windows.
+# Base: mmseg::segformer/segformer_mit-b0_8xb1-160k_cityscapes-1024x1024.py (shipped inside the installed package);
+#   only the backbone and the channels are overridden.
+_base_ = ['mmseg::segformer/segformer_mit-b0_8xb1-160k_cityscapes-1024x1024.py']
+custom_imports = dict(imports=['backbones.mm'], allow_failed_imports=False)
+# checkpoints load under torch.load(weights_only=True), resume included (backbones/mm_checkpoint.py)
+custom_hooks = [dict(type='PlainCheckpointHook')]
+sync_bn = 'torch'
+model = dict(
+    pretrained=None,
+    backbone=dict(
+        _delete_=True,
+        type='NASViT',
+        model='nasvit_a1',
+        out_indices=(0, 1, 2, 3),
+        frozen_stages=-1,
+        norm_eval=False,
+        init_cfg=dict(type='Pretrained', checkpoint='supernet-zoo/nasvit_a1.supernet_in1k'),
+    ),
+    decode_head=dict(in_channels=[24, 32, 64, 160]),
+)
