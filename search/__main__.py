@@ -1,0 +1,7 @@
+"""``python -m search METHOD ...`` (see :mod:`search.cli`)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
