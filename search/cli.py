@@ -1,4 +1,4 @@
-"""Command line of the search engine: ``python -m search METHOD --config FILE [options]`` (or ``tools/search.py``).
+"""Command line of the search engine: ``python -m search METHOD --config FILE [options]`` (or ``tools/run_search.py``).
 
 One process: ``python -m search dna --config configs/search/dna_mbconv.yaml --data-dir /imagenet``.
 Many GPUs or nodes: ``torchrun --nproc-per-node 8 -m search dna ...`` (the engine reads torchrun's environment).

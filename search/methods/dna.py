@@ -122,6 +122,7 @@ def build_supernet(
     space = get_space(cfg.space)
     if space.img_size != cfg.img_size:
         space = MBConvSpace(space.name, space.blocks, space.stem_size, space.ds_width, space.num_features, cfg.img_size)
+    torch.manual_seed(engine.derive_seed(cfg.seed, 'teacher-init'))  # a teacher without weights is still reproducible
     teacher = build_teacher(
         cfg.teacher,
         pretrained=cfg.teacher_pretrained,
@@ -366,10 +367,12 @@ def train_supernet(cfg: DNAConfig, ctx: engine.DistContext, resume: bool = False
                     image, _ = next(it)
                     image = _to_device(image, ctx.device)
                 sync = a == cfg.grad_accum - 1 or not ctx.distributed
-                with model.no_sync() if not sync else contextlib.nullcontext(), engine.autocast(ctx.device, cfg.amp):
-                    losses = model(image, paths)
-                    loss = torch.stack(losses).sum() / cfg.grad_accum
-                loss.backward()
+                with engine.timer(timing, 'compute_s', ctx.device):
+                    no_sync = model.no_sync() if not sync else contextlib.nullcontext()
+                    with no_sync, engine.autocast(ctx.device, cfg.amp):
+                        losses = model(image, paths)
+                        loss = torch.stack(losses).sum() / cfg.grad_accum
+                    loss.backward()
                 parts = torch.stack([x.detach().float().cpu() for x in losses]) / cfg.grad_accum
                 block_losses = parts if block_losses is None else block_losses + parts
             optimizer.step()

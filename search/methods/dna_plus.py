@@ -129,7 +129,7 @@ def run(
                     'img_size': cfg.teacher_img_size,
                     'seed': cfg.seed,
                     'device': cfg.device,
-                    'resume': resume,
+                    'resume': resume and (gen_dir / 'teacher' / 'last_state.pt').is_file(),
                     **cfg.retrain,
                 },
             )

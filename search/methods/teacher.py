@@ -123,8 +123,11 @@ def build_teacher(
 
         if not Path(checkpoint).is_file():
             raise FileNotFoundError(f'teacher checkpoint {checkpoint} does not exist')
-        missing, unexpected = model.load_state_dict(load_file(checkpoint), strict=False)
-        missing = [m for m in missing if not m.startswith(('classifier.', 'fc.', 'head.'))]
+        head = (getattr(model, 'pretrained_cfg', None) or {}).get('classifier') or 'classifier'
+        heads = (f'{head}.', 'classifier.', 'fc.', 'head.')
+        state = {k: v for k, v in load_file(checkpoint).items() if not k.startswith(heads)}  # blocks end before it
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [m for m in missing if not m.startswith(heads)]
         if missing or unexpected:
             raise RuntimeError(
                 f'teacher checkpoint {checkpoint} does not fit {name}: '
