@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -87,7 +88,9 @@ def holdout_split(
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         doc = {part: [files[i] for i in idx] for part, idx in split.items()}
         doc['per_class'], doc['seed'] = per_class, seed
-        Path(path).write_text(json.dumps(doc, indent=1) + '\n')
+        tmp = Path(path).with_name(f'.{Path(path).name}.{os.getpid()}.tmp')
+        tmp.write_text(json.dumps(doc, indent=1) + '\n')
+        os.replace(tmp, path)  # block jobs sharing an output folder may write it at the same time
     return split
 
 

@@ -50,7 +50,7 @@ def test_cli_list_spec_info(capsys):
 
 def test_demo_writes_the_table(tmp_path, capsys):
     out = tmp_path / 'table.md'
-    assert main(['demo', '--pattern', 'dna_[ab]', '--no-onnx', '--out', str(out)]) == 0
+    assert main(['demo', '--pattern', 'dna_[ab]', '--no-onnx', '--no-search', '--out', str(out)]) == 0
     table = out.read_text()
     assert '| dna_a | DNA | 4.243 / 4.2 |' in table
     assert 'dna_b' in table and 'pinas' not in table

@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument('--out', default=None, help='also write the table as Markdown to this file')
     demo.add_argument('--pattern', default='*', help='only models matching this shell pattern')
     demo.add_argument('--no-onnx', action='store_true', help='skip the ONNX export and latency chapter')
+    demo.add_argument('--no-search', action='store_true', help='skip the tiny DNA search chapter')
     lst = sub.add_parser('list', help='list the catalog')
     lst.add_argument('pattern', nargs='?', default='*')
     info = sub.add_parser('info', help="a model's paper claims (and, with --measure, our measurements)")
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == 'demo':
-            run_demo(args.out, args.pattern, onnx=not args.no_onnx)
+            run_demo(args.out, args.pattern, onnx=not args.no_onnx, search=not args.no_search)
         elif args.command == 'list':
             print('\n'.join(list_models(args.pattern)))
         elif args.command == 'info':

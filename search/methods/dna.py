@@ -301,7 +301,7 @@ def train_supernet(cfg: DNAConfig, ctx: engine.DistContext, resume: bool = False
     """
     objective = objective or DistillObjective()
     out = cfg.out
-    ckpt_path = out / 'checkpoints' / 'last.pt'
+    ckpt_path = checkpoint_path(cfg)
     space, teacher, supernet = build_supernet(cfg, ctx.device, trainable_teacher=objective.teacher_trainable(cfg))
     blocks = list(cfg.blocks) if cfg.blocks is not None else list(range(len(space.blocks)))
     bad = [k for k in blocks if not 0 <= k < len(space.blocks)]
@@ -427,18 +427,65 @@ def _to_device(x: Any, device: torch.device) -> Any:
     return x.to(device, non_blocking=True)
 
 
+def checkpoint_path(cfg: DNAConfig) -> Path:
+    """``checkpoints/last.pt`` for a run over all blocks; ``checkpoints/blocks<k>[-<j>...].pt`` for a block job."""
+    if cfg.blocks is None:
+        return cfg.out / 'checkpoints' / 'last.pt'
+    return cfg.out / 'checkpoints' / f'blocks{"-".join(str(k) for k in sorted(cfg.blocks))}.pt'
+
+
+def _block_prefixes(k: int) -> tuple[str, ...]:
+    prefixes = (f'supernet.blocks.{k}.', f'supernet.in_adapters.{k}.', f'supernet.out_adapters.{k}.')
+    if k == 0:
+        prefixes += ('supernet.conv_stem.', 'supernet.bn1.', 'supernet.ds.')
+    return prefixes
+
+
+def _merged_state(cfg: DNAConfig, device: torch.device, num_blocks: int) -> tuple[dict, list[Path]]:
+    """One state from ``last.pt``, or from the block jobs' checkpoints (each contributes the blocks it trained)."""
+    folder = cfg.out / 'checkpoints'
+    if (folder / 'last.pt').is_file():
+        return engine.load_checkpoint(folder / 'last.pt', device), [folder / 'last.pt']
+    files = sorted(folder.glob('blocks*.pt'))
+    if not files:
+        raise FileNotFoundError(f'no supernet checkpoint in {folder} (last.pt or blocks<k>.pt): train first')
+    model: dict[str, torch.Tensor] = {}
+    covered: dict[int, Path] = {}
+    steps = []
+    for path in files:
+        state = engine.load_checkpoint(path, device)
+        blocks = json.loads(state['config'])['blocks']
+        for k in blocks:
+            if k in covered:
+                raise ValueError(f'block {k} was trained by both {covered[k].name} and {path.name}')
+            covered[k] = path
+            model.update({n: t for n, t in state['model'].items() if n.startswith(_block_prefixes(k))})
+        steps.append(int(state['step']))
+    missing = [k for k in range(num_blocks) if k not in covered]
+    if missing:
+        raise FileNotFoundError(f'blocks {missing} have no checkpoint in {folder} (found {[f.name for f in files]})')
+    return {'model': model, 'step': sum(steps), 'objective': state.get('objective')}, files
+
+
 def load_trained(
     cfg: DNAConfig, ctx: engine.DistContext, checkpoint: Path | None = None, objective: Any = None
 ) -> tuple:
-    """(space, teacher, runner, state) of a trained supernet checkpoint, in eval mode."""
+    """(space, teacher, runner, state) of a trained supernet, in eval mode.
+
+    Reads ``checkpoint`` if given, else ``last.pt``, else merges the checkpoints of independent block jobs.
+    """
     objective = objective or DistillObjective()
-    checkpoint = checkpoint or cfg.out / 'checkpoints' / 'last.pt'
-    state = engine.load_checkpoint(checkpoint, ctx.device)
     space, teacher, supernet = build_supernet(cfg, ctx.device, trainable_teacher=objective.teacher_trainable(cfg))
+    if checkpoint is not None:
+        state, files = engine.load_checkpoint(checkpoint, ctx.device), [checkpoint]
+    else:
+        state, files = _merged_state(cfg, ctx.device, len(space.blocks))
     runner = objective.runner(cfg, teacher, supernet).to(ctx.device)
     missing, unexpected = runner.load_state_dict(state['model'], strict=False)
-    if unexpected or [m for m in missing if m in runner.trainable_state()]:
-        raise RuntimeError(f'{checkpoint} does not fit this supernet: unexpected keys {unexpected[:5]}')
+    missing = [m for m in missing if m in runner.trainable_state()]
+    if unexpected or missing:
+        names = ', '.join(str(f) for f in files)
+        raise RuntimeError(f'{names} does not fit this supernet: missing {missing[:5]}, unexpected {unexpected[:5]}')
     return space, teacher, runner.eval(), state
 
 
@@ -454,6 +501,8 @@ def rate_blocks(
 ) -> dict[int, list[dict]]:
     """Score every candidate of every block; results cached as ``<output>/ratings/block<k>.json``."""
     objective = objective or DistillObjective()
+    if checkpoint is None and cfg.blocks is not None and checkpoint_path(cfg).is_file():
+        checkpoint = checkpoint_path(cfg)  # a block job rates the blocks it trained
     space, teacher, runner, state = load_trained(cfg, ctx, checkpoint, objective)
     supernet = runner.supernet
     split = _split(cfg)
@@ -563,6 +612,15 @@ def _rate_block(
     return rows
 
 
+def cached_ratings(cfg: DNAConfig) -> dict[int, list[dict]]:
+    """The ratings on disk (``ratings/block<k>.json``), whichever job wrote them."""
+    out = {}
+    for path in sorted((cfg.out / 'ratings').glob('block*.json')):
+        doc = json.loads(path.read_text())
+        out[int(doc['block'])] = doc['candidates']
+    return out
+
+
 # -- 3. search ----------------------------------------------------------------------------------------------------
 def _costs(cfg: DNAConfig, space: MBConvSpace, device: torch.device) -> tuple[Any, float]:
     """A cost function for (block, in_width, choice) and the fixed cost, in the units of ``cfg.metric``."""
@@ -637,6 +695,12 @@ def run(
         train_supernet(cfg, ctx, resume=resume, objective=objective)
     ratings = rate_blocks(cfg, ctx, objective=objective) if 'rate' in stages or 'search' in stages else {}
     if 'search' in stages and ctx.is_main:
+        ratings = {**cached_ratings(cfg), **ratings}  # blocks rated by other (block) jobs
+        unrated = [k for k in range(len(get_space(cfg.space).blocks)) if k not in ratings]
+        if unrated and cfg.blocks is not None:
+            print(f'blocks {unrated} are not rated yet: run `--stage search` once every block job has finished')
+            ctx.barrier()
+            return found
         found = search(cfg, ratings, ctx.device)
     ctx.barrier()
     return found

@@ -1,0 +1,249 @@
+"""DNA end to end on CPU: tiny space, tiny teacher, tiny generated data; kill/resume; gloo DDP; DNA+ and DNA++.
+
+The runs go through the command line (``python -m search``) in subprocesses, as a user would start them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+import zoo
+from search import data
+from search.methods.dna import _block_prefixes
+from search.strategies import Candidate, brute_force_search
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / 'configs/search/dna_tiny.yaml'
+COMMON = ['--epochs', '1', '--set', 'ckpt_every=2']
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONHASHSEED': '0'}
+
+
+def _search(output: Path, data_dir: Path, *extra: str, env: dict | None = None, check: bool = True):
+    cmd = [sys.executable, '-m', 'search', 'dna', '--config', str(CONFIG), '--data-dir', str(data_dir)]
+    cmd += ['--output', str(output), *COMMON, *extra]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env or ENV, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f'search failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}')
+    return proc
+
+
+@pytest.fixture(scope='module')
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp('dna_data')
+    data.write_synthetic_image_folder(root / 'train', num_classes=4, per_class=12, size=40)
+    data.write_synthetic_image_folder(root / 'val', num_classes=4, per_class=2, size=40, seed=1)
+    return root
+
+
+@pytest.fixture(scope='module')
+def full_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp('dna_run') / 'run'
+    _search(out, tiny_data)
+    return out
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)['model']
+
+
+def test_dna_search_end_to_end(full_run: Path) -> None:
+    from search.spaces.mbconv import get_space
+
+    space = get_space('tiny')
+    log = [json.loads(x) for x in (full_run / 'train_log.jsonl').read_text().splitlines()]
+    assert [x['step'] for x in log] == [1, 2, 3, 4]
+    assert {'loss', 'lr', 'img_per_s', 'loss_block0', 'loss_block3', 'data_s', 'compute_s'} <= set(log[0])
+    ratings = {}
+    for k in range(len(space.blocks)):
+        doc = json.loads((full_run / 'ratings' / f'block{k}.json').read_text())
+        assert len(doc['candidates']) == space.num_candidates(k)
+        assert all(r['score'] > 0 and r['mse'] > 0 for r in doc['candidates'])
+        ratings[k] = doc['candidates']
+    result = json.loads((full_run / 'search_result.json').read_text())['results']
+    assert [r['rank'] for r in result] == [1, 2, 3]
+    assert [r['score'] for r in result] == sorted(r['score'] for r in result)
+    # the exact search's best equals brute force over the written ratings
+    blocks = [
+        [Candidate(r['score'], 0.0, r['in_width'], space.blocks[k].cells[r['cell']].width, r) for r in ratings[k]]
+        for k in range(len(space.blocks))
+    ]
+    best = brute_force_search(blocks, None, k=1, start_key=space.ds_width)[0]
+    assert result[0]['score'] == pytest.approx(best.score)
+    assert result[0]['arch'] == [[c.payload['cell'], c.payload['ops']] for c in best.choices]
+    # the emitted spec goes through timm and the zoo API
+    spec_path = full_run / 'arch' / 'top1.json'
+    model = zoo.create_model(str(spec_path), num_classes=3).eval()
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 3)
+    assert timm.create_model('mbconv', spec=result[0]['spec']).spec == model.spec
+    assert (full_run / 'holdout_split.json').is_file()
+
+
+def test_killed_run_resumes_to_the_same_result(full_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / 'killed'
+    proc = _search(out, tiny_data, env={**ENV, 'SUPERNET_ZOO_KILL_AFTER_STEP': '2'}, check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert torch.load(out / 'checkpoints' / 'last.pt', weights_only=True)['step'] == 2
+    assert not (out / 'search_result.json').exists()
+    _search(out, tiny_data, '--resume')
+    want, got = _weights(full_run / 'checkpoints' / 'last.pt'), _weights(out / 'checkpoints' / 'last.pt')
+    assert want.keys() == got.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=0, atol=0, msg=key)
+    a = json.loads((full_run / 'search_result.json').read_text())['results']
+    b = json.loads((out / 'search_result.json').read_text())['results']
+    assert [r['spec'] for r in a] == [r['spec'] for r in b]
+    assert [r['score'] for r in a] == pytest.approx([r['score'] for r in b], rel=1e-6)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(tiny_data: Path, tmp_path: Path) -> None:
+    """torchrun, 2 CPU processes x 4 images == 1 process x (2 accumulation steps x 4 images), batch 8 both."""
+    ddp = tmp_path / 'ddp'
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc-per-node', '2', '--master-port', str(_free_port())]
+    cmd += ['-m', 'search', 'dna', '--config', str(CONFIG), '--data-dir', str(tiny_data), '--output', str(ddp)]
+    proc = subprocess.run([*cmd, *COMMON], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    single = tmp_path / 'single'
+    _search(single, tiny_data, '--grad-accum', '2')
+    a, b = _weights(ddp / 'checkpoints' / 'last.pt'), _weights(single / 'checkpoints' / 'last.pt')
+    # parameters match; BN running statistics differ by design (DDP keeps rank 0's), and rating re-estimates them
+    params = [k for k in a if not k.endswith(('running_mean', 'running_var', 'num_batches_tracked'))]
+    for key in params:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+    ra = json.loads((ddp / 'search_result.json').read_text())['results']
+    rb = json.loads((single / 'search_result.json').read_text())['results']
+    assert ra[0]['spec'] == rb[0]['spec']
+    for k in range(4):  # ratings were split over the two ranks and gathered
+        sa = json.loads((ddp / 'ratings' / f'block{k}.json').read_text())['candidates']
+        sb = json.loads((single / 'ratings' / f'block{k}.json').read_text())['candidates']
+        assert [r['ops'] for r in sa] == [r['ops'] for r in sb]
+        assert [r['score'] for r in sa] == pytest.approx([r['score'] for r in sb], rel=1e-3)
+
+
+def test_budget_and_metric_from_the_command_line(full_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    """Re-search the rated blocks under a params budget (the ratings are reused, no retraining)."""
+    import shutil
+
+    out = tmp_path / 'budget'
+    shutil.copytree(full_run, out)
+    unconstrained = json.loads((full_run / 'search_result.json').read_text())['results'][0]
+    budget = unconstrained['cost'] - 1
+    _search(out, tiny_data, '--stage', 'search', '--metric', 'params', '--budget', str(budget))
+    result = json.loads((out / 'search_result.json').read_text())['results']
+    assert all(r['cost'] <= budget for r in result)
+    net = timm.create_model('mbconv', spec=result[0]['spec'])
+    assert sum(p.numel() for p in net.parameters()) == result[0]['cost']
+    proc = _search(out, tiny_data, '--stage', 'search', '--metric', 'params', '--budget', '10', check=False)
+    assert proc.returncode != 0 and 'below the cheapest architecture' in proc.stderr
+
+
+def test_unknown_config_key_is_named(tiny_data: Path, tmp_path: Path) -> None:
+    proc = _search(tmp_path / 'x', tiny_data, '--set', 'epochz=3', check=False)
+    assert proc.returncode != 0 and "unknown config key(s) ['epochz']" in proc.stderr
+
+
+def test_dna_plus_two_generations(tiny_data: Path, tmp_path: Path) -> None:
+    """Generation 1 searches with the timm teacher; its best net, scaled, retrained, teaches generation 2."""
+    cmd = [sys.executable, '-m', 'search', 'dna_plus', '--config', str(ROOT / 'configs/search/dna_plus_tiny.yaml')]
+    cmd += ['--data-dir', str(tiny_data), '--output', str(tmp_path / 'plus')]
+    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    history = json.loads((tmp_path / 'plus' / 'generations.json').read_text())
+    assert [h['generation'] for h in history] == [1, 2]
+    assert history[0]['teacher'] == 'test_efficientnet'
+    assert history[1]['teacher'] == 'mbconv' and history[1]['teacher_spec'] == history[0]['scaled_spec']
+    assert Path(history[1]['teacher_checkpoint']).is_file()
+    final = zoo.create_model(str(tmp_path / 'plus' / 'final.json'))
+    assert final.spec == history[1]['found_spec']
+
+
+def test_compound_scaling_of_a_spec() -> None:
+    from search.methods.dna_plus import compound_scale
+
+    spec = zoo.get_spec('dna_c')
+    scaled = compound_scale(spec, 1.0, 1.1)  # EfficientNet-B1's coefficients (DNA-c1 in the paper)
+    assert [len(s) for s in scaled['stages']] == [2, 3, 5, 5, 5, 5, 2]  # ceil(n * 1.1)
+    assert scaled['stages'][2][-1] == spec['stages'][2][-1] and scaled['stages'][2][0] == spec['stages'][2][0]
+    wide = compound_scale(spec, 2.0, 1.0)
+    assert wide['stem_size'] == 64 and wide['num_features'] == 2560 and wide['stages'][1][0].endswith('c48_se0.25')
+    assert timm.create_model('mbconv', spec=scaled).spec == scaled
+
+
+def test_vicreg_loss_terms() -> None:
+    from search.methods.dna_pp import vicreg_loss
+
+    torch.manual_seed(0)
+    z = torch.randn(256, 8) * 2
+    same = vicreg_loss(z, z.clone())
+    assert same['inv'] == 0 and same['var'] == 0  # std ~2 > gamma = 1: no hinge
+    assert 0 < same['cov'] < 2  # nearly uncorrelated dimensions
+    collapsed = vicreg_loss(torch.zeros(16, 8), torch.zeros(16, 8), lambda_var=1.0)
+    assert collapsed['var'].item() == pytest.approx(2 * (1 - 1e-2), rel=1e-3)  # both branches: 1 - sqrt(eps)
+    only = vicreg_loss(torch.zeros(16, 8), torch.zeros(16, 8), lambda_var=1.0, variance_on='teacher')
+    assert only['var'].item() == pytest.approx(1 - 1e-2, rel=1e-3)
+    correlated = torch.randn(64, 1).repeat(1, 4)
+    assert vicreg_loss(correlated, correlated, lambda_cov=1.0)['cov'] > 1
+    with pytest.raises(ValueError, match='batch >= 2'):
+        vicreg_loss(torch.zeros(1, 4), torch.zeros(1, 4))
+
+
+def test_dna_pp_self_supervised_search(tiny_data: Path, tmp_path: Path) -> None:
+    cmd = [sys.executable, '-m', 'search', 'dna_pp', '--config', str(CONFIG), '--data-dir', str(tiny_data)]
+    cmd += ['--output', str(tmp_path / 'pp'), *COMMON, '--set', 'projector_dim=32', 'batch_size=8']
+    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = torch.load(tmp_path / 'pp' / 'checkpoints' / 'last.pt', weights_only=True)
+    assert state['objective'] == 'dna_pp'
+    assert any(k.startswith('teacher.') for k in state['model'])  # the teacher is trained jointly
+    assert any(k.startswith('proj_student.') for k in state['model'])
+    log = [json.loads(x) for x in (tmp_path / 'pp' / 'train_log.jsonl').read_text().splitlines()]
+    assert all(x['loss'] == x['loss'] for x in log)  # finite
+    result = json.loads((tmp_path / 'pp' / 'search_result.json').read_text())['results']
+    assert timm.create_model('mbconv', spec=result[0]['spec']) is not None
+
+
+def test_demo_search_chapter(tmp_path: Path) -> None:
+    """`make demo`'s search chapter: a tiny DNA search that emits a spec, builds it with timm, exports ONNX."""
+    from zoo.demo import search_chapter
+
+    text = search_chapter(tmp_path)
+    assert '| 1 |' in text and 'ONNX export matches torch' in text
+    assert (tmp_path / 'dna_tiny_top1.onnx').is_file()
+    assert (tmp_path / 'dna_run' / 'arch' / 'top1.json').is_file()
+
+
+def test_independent_block_jobs_equal_one_joint_run(full_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    """`--block` jobs in one output folder: each trains its blocks exactly as the joint run does (paths and data
+    are per-block functions of the seed), rating merges their checkpoints, the search finds the same spec."""
+    out = tmp_path / 'jobs'
+    _search(out, tiny_data, '--block', '0', '1', '--stage', 'train', 'rate')
+    _search(out, tiny_data, '--block', '2', '3', '--stage', 'train', 'rate')
+    assert sorted(p.name for p in (out / 'checkpoints').iterdir()) == ['blocks0-1.pt', 'blocks2-3.pt']
+    joint = _weights(full_run / 'checkpoints' / 'last.pt')
+    for name in ('blocks0-1.pt', 'blocks2-3.pt'):
+        state = torch.load(out / 'checkpoints' / name, weights_only=True)
+        blocks = json.loads(state['config'])['blocks']
+        prefixes = tuple(p for b in blocks for p in _block_prefixes(b))
+        trained = [k for k in state['model'] if k.startswith(prefixes)]
+        assert trained
+        for key in trained:
+            torch.testing.assert_close(state['model'][key], joint[key], rtol=0, atol=0, msg=key)
+    _search(out, tiny_data, '--stage', 'search')
+    a = json.loads((full_run / 'search_result.json').read_text())['results']
+    b = json.loads((out / 'search_result.json').read_text())['results']
+    assert [r['spec'] for r in a] == [r['spec'] for r in b]
