@@ -247,3 +247,19 @@ def test_independent_block_jobs_equal_one_joint_run(full_run: Path, tiny_data: P
     a = json.loads((full_run / 'search_result.json').read_text())['results']
     b = json.loads((out / 'search_result.json').read_text())['results']
     assert [r['spec'] for r in a] == [r['spec'] for r in b]
+
+
+def test_latency_budgeted_search_on_cached_ratings(full_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from search.methods import dna
+
+    out = tmp_path / 'lat'
+    shutil.copytree(full_run, out)
+    cfg = dna.DNAConfig(space='tiny', img_size=32, output=str(out), metric='latency', top_k=2)
+    found = dna.search(cfg, dna.cached_ratings(cfg))
+    assert [r['rank'] for r in found] == [1, 2] and all(r['cost'] > 0 and r['metric'] == 'latency' for r in found)
+    tight = dna.DNAConfig(
+        space='tiny', img_size=32, output=str(out), metric='latency', top_k=1, budget=found[0]['cost']
+    )
+    assert dna.search(tight, dna.cached_ratings(tight))[0]['cost'] <= found[0]['cost'] * 1.000001

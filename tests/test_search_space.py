@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 import timm
@@ -166,3 +167,17 @@ def test_dfs_rating_equals_rating_each_path_alone(tiny_supernet: MBConvSupernet)
             torch.testing.assert_close(a, b)
     assert dfs_calls == count_dfs_evaluations(2, 2)[0] == 6  # vs 8 without sharing
     assert count_dfs_evaluations(6, 4) == (1554, 5184)
+
+
+def test_latency_table_is_measured_once_and_cached(tmp_path) -> None:
+    from search.spaces.mbconv_latency import LatencyTable
+
+    space = get_space('tiny')
+    cache = tmp_path / 'lat.json'
+    table = LatencyTable(space, torch.device('cpu'), min_run_time=0.002, cache=str(cache))
+    choice = BlockChoice(1, ('k5e3', 'k5e3'))
+    first = table.choice_latency(0, 8, choice)
+    assert first > 0 and table.fixed_latency() >= 0
+    again = LatencyTable(space, torch.device('cpu'), min_run_time=0.002, cache=str(cache))
+    assert again.choice_latency(0, 8, choice) == first  # read back, not re-measured
+    assert len(json.loads(cache.read_text())[again.key]) == len(table.table)

@@ -627,7 +627,8 @@ def _costs(cfg: DNAConfig, space: MBConvSpace, device: torch.device) -> tuple[An
     if cfg.metric == 'latency':
         from ..spaces.mbconv_latency import LatencyTable
 
-        table = LatencyTable(space, device, batch=cfg.latency_batch)
+        # measured once per device, batch and torch version; kept next to the ratings for later searches
+        table = LatencyTable(space, device, batch=cfg.latency_batch, cache=str(cfg.out / 'latency_table.json'))
         return table.choice_latency, table.fixed_latency()
     scale = PAPER_FLOPS_FACTOR if cfg.metric == 'flops' else 1.0
     index = 1 if cfg.metric == 'params' else 0
