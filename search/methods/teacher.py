@@ -84,20 +84,11 @@ class BlockTeacher(nn.Module):
         self.train(was)
         return [f.shape[1] for f in feats], [img_size // f.shape[-1] for f in feats]
 
-    @torch.no_grad()
     def recalibrate_bn(self, batches: Sequence[torch.Tensor]) -> None:
         """Recompute BN running statistics as a plain average over ``batches`` (e.g. at the search resolution)."""
-        bns = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        saved = [bn.momentum for bn in bns]
-        for bn in bns:
-            bn.reset_running_stats()
-            bn.momentum = None
-        self.train()
-        for x in batches:
-            self(x)
-        for bn, m in zip(bns, saved, strict=True):
-            bn.momentum = m
-        self.eval()
+        from ..strategies.traversal import recalibrate_bn
+
+        recalibrate_bn(self, batches)
 
 
 def build_teacher(
