@@ -329,11 +329,41 @@ class TalkingHeadAttention(nn.Module):
         return self.proj(self.act(x))
 
 
+def window_attention(attn: TalkingHeadAttention, x: torch.Tensor, height: int, width: int, size: int) -> torch.Tensor:
+    """``attn`` within non-overlapping ``size`` x ``size`` windows of the (B, N, C) tokens of an height x width grid.
+
+    The grid is zero-padded on the bottom/right to a multiple of ``size`` (as Swin pads; the padded tokens take part
+    in the attention of the border windows) and cropped back afterwards. Windows do not exchange information: the
+    attention, its relative position bias and the depthwise conv on v all see one window.
+    """
+    batch, _, chs = x.shape
+    grid = x.transpose(1, 2).reshape(batch, chs, height, width)
+    pad_h, pad_w = (-height) % size, (-width) % size
+    grid = F.pad(grid, (0, pad_w, 0, pad_h))
+    rows, cols = (height + pad_h) // size, (width + pad_w) // size
+    windows = grid.reshape(batch, chs, rows, size, cols, size).permute(0, 2, 4, 3, 5, 1)
+    out = attn(windows.reshape(batch * rows * cols, size * size, chs), size, size)
+    out = out.reshape(batch, rows, cols, size, size, chs).permute(0, 5, 1, 3, 2, 4)
+    out = out.reshape(batch, chs, rows * size, cols * size)[:, :, :height, :width]
+    return out.flatten(2).transpose(1, 2)
+
+
 class TransformerLayer(nn.Module):
     """One NASViT transformer layer on a (B, C, H, W) map: attention and two MLPs with joint layer norms and
-    layer scale (the official residual order: attention, MLP2, MLP1; one scale vector shared by both MLPs)."""
+    layer scale (the official residual order: attention, MLP2, MLP1; one scale vector shared by both MLPs).
 
-    def __init__(self, dim: int, drop_path: float = 0.0, layer_scale_init: float = LAYER_SCALE_INIT) -> None:
+    ``window_size`` (default None: global attention, as the official code and the ImageNet models) restricts the
+    attention to windows of that many tokens a side when the grid is larger; NASViT section 4.2 uses windows of
+    side 7 ("number of windows = feature-map side / 7") for segmentation.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        drop_path: float = 0.0,
+        layer_scale_init: float = LAYER_SCALE_INIT,
+        window_size: int | None = None,
+    ) -> None:
         super().__init__()
         self.norm1 = JointLayerNorm(dim)
         self.attn = TalkingHeadAttention(dim)
@@ -345,11 +375,18 @@ class TransformerLayer(nn.Module):
         self.gamma_mlp = nn.Parameter(torch.full((dim,), layer_scale_init))
         self.scale_factor = 8 / dim  # official: scale * 8 / C (8 = size of its N-mod-8 switch axis)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.window_size = window_size
+
+    def _attention(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        size = self.window_size
+        if size is not None and (height > size or width > size):
+            return window_attention(self.attn, x, height, width, size)
+        return self.attn(x, height, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, chs, height, width = x.shape
         x = x.flatten(2).transpose(1, 2)
-        x = x + self.drop_path(self.attn(self.norm1(x), height, width) * (self.gamma_attn * self.scale_factor))
+        x = x + self.drop_path(self._attention(self.norm1(x), height, width) * (self.gamma_attn * self.scale_factor))
         x = x + self.drop_path(self.mlp2(self.norm3(x)) * (self.gamma_mlp * self.scale_factor))
         x = x + self.drop_path(self.mlp1(self.norm2(x)) * (self.gamma_mlp * self.scale_factor))
         return x.transpose(1, 2).reshape(batch, chs, height, width)
@@ -419,10 +456,16 @@ class NASViT(nn.Module):
         global_pool: str = 'avg',
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        window_size: int | None = None,
     ) -> None:
         super().__init__()
         spec = validate_spec(spec)
+        if window_size is not None and (not isinstance(window_size, int) or window_size < 1):
+            raise ValueError(
+                f'window_size must be a positive int (tokens per window side) or None, got {window_size!r}'
+            )
         self.spec = spec
+        self.window_size = window_size
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate
@@ -451,7 +494,7 @@ class NASViT(nn.Module):
                         )
                     )
                 else:
-                    blocks.append(TransformerLayer(c_out, drop_path=dpr[block_idx]))
+                    blocks.append(TransformerLayer(c_out, drop_path=dpr[block_idx], window_size=window_size))
                 c_in = c_out
                 block_idx += 1
             stages.append(nn.Sequential(*blocks))

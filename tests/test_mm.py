@@ -59,6 +59,9 @@ def test_config_builds_and_runs(path: Path) -> None:
     backbone = model.backbone
     assert isinstance(backbone, mm.ZooBackbone)
     mm.check_config_channels(cfg.model, backbone)  # the neck / decode head reads what the backbone emits
+    if 'nasvit' in path.name:  # the paper's segmentation windows (NASViT section 4.2)
+        sizes = {m.window_size for m in backbone.modules() if type(m).__name__ == 'TransformerLayer'}
+        assert sizes == {7}
     x = torch.randn(1, 3, SIZE, SIZE)
     with torch.no_grad():
         feats = backbone(x)

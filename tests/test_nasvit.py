@@ -346,3 +346,34 @@ def test_pretrained_without_weights_raises():
     # the generic entry point builds any spec, so it has no Hub weights: a clear error, and no network access
     with pytest.raises(PretrainedWeightsError, match='no pretrained weights'):
         timm.create_model('nasvit', pretrained=True)
+
+
+def test_segmentation_windows_are_local_and_optional() -> None:
+    """NASViT section 4.2: windows of 7 tokens a side for segmentation; None (default) is global attention."""
+    from backbones.nasvit import TalkingHeadAttention, window_attention
+
+    torch.manual_seed(0)
+    attn = TalkingHeadAttention(16).eval()
+    x = torch.randn(2, 10 * 9, 16)  # a 10 x 9 grid: padded to 14 x 14, four windows of 7 x 7
+    with torch.no_grad():
+        out = window_attention(attn, x, 10, 9, 7)
+        bumped = x.clone().reshape(2, 10, 9, 16)
+        bumped[:, :7, :7] += 1.0  # only the top-left window changes
+        out2 = window_attention(attn, bumped.reshape(2, 90, 16), 10, 9, 7).reshape(2, 10, 9, 16)
+    out = out.reshape(2, 10, 9, 16)
+    assert not torch.allclose(out2[:, :7, :7], out[:, :7, :7])
+    torch.testing.assert_close(out2[:, 7:], out[:, 7:])
+    torch.testing.assert_close(out2[:, :7, 7:], out[:, :7, 7:])
+    with torch.no_grad():  # one window covering the grid is global attention
+        torch.testing.assert_close(window_attention(attn, x[:, :49], 7, 7, 7), attn(x[:, :49], 7, 7))
+
+    global_model = timm.create_model('nasvit_a0', num_classes=0).eval()
+    windowed = timm.create_model('nasvit_a0', num_classes=0, window_size=7).eval()
+    windowed.load_state_dict(global_model.state_dict())
+    with torch.no_grad():
+        small = torch.randn(1, 3, 192, 192)  # transformer grids 12, 6, 6 -> windowed in the first stage only
+        assert not torch.allclose(windowed(small), global_model(small))
+        tiny = torch.randn(1, 3, 96, 96)  # grids <= 7: the same network
+        torch.testing.assert_close(windowed(tiny), global_model(tiny))
+    with pytest.raises(ValueError, match='window_size must be a positive int'):
+        timm.create_model('nasvit_a0', window_size=0)

@@ -17,6 +17,7 @@ model = dict(
         out_indices=(0, 1, 2, 3),
         frozen_stages=-1,
         norm_eval=False,
+        window_size=7,  # NASViT 4.2: windows = feature side / 7 for segmentation
         drop_path_rate=0.1,
         init_cfg=dict(type='Pretrained', checkpoint='supernet-zoo/nasvit_a1.supernet_in1k'),
     ),
