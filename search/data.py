@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .engine import derive_seed
+from .engine import derive_seed, generator
 
 __all__ = [
     'GlobalBatchSampler',
@@ -164,7 +164,7 @@ class GlobalBatchSampler(Sampler):
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         if self.shuffle:
-            order = torch.randperm(self.num_samples, generator=_gen(self.seed, 'order', self.epoch)).tolist()
+            order = torch.randperm(self.num_samples, generator=generator(self.seed, 'order', self.epoch)).tolist()
         else:
             order = list(range(self.num_samples))
         for step in range(self.start_step, self.steps_per_epoch):
@@ -172,10 +172,6 @@ class GlobalBatchSampler(Sampler):
             for a in range(self.grad_accum):
                 chunk = a * self.world_size + self.rank
                 yield [(self.epoch, i) for i in batch[chunk * self.micro : (chunk + 1) * self.micro]]
-
-
-def _gen(seed: int, *keys: Any) -> torch.Generator:
-    return torch.Generator().manual_seed(derive_seed(seed, *keys))
 
 
 def write_synthetic_image_folder(

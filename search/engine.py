@@ -27,6 +27,7 @@ __all__ = [
     'JsonlLogger',
     'autocast',
     'derive_seed',
+    'generator',
     'init_distributed',
     'load_checkpoint',
     'maybe_fault',
@@ -199,20 +200,6 @@ def progress(iterable: Any = None, enabled: bool = True, **kwargs: Any) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(iterable, disable=not enabled, dynamic_ncols=True, **kwargs)
-
-
-def rng_state() -> dict[str, torch.Tensor]:
-    """The global RNG states as tensors (loadable with ``weights_only=True``)."""
-    state = {'torch': torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state['cuda'] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: dict[str, torch.Tensor]) -> None:
-    torch.set_rng_state(state['torch'])
-    if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state['cuda'])
 
 
 @contextlib.contextmanager

@@ -24,11 +24,12 @@ path ("in parallel", section 3.3); adapters instead of teacher-width boundary la
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -115,13 +116,17 @@ class DNAConfig:
 
 
 # -- building -----------------------------------------------------------------------------------------------------
+def _space(cfg: DNAConfig) -> MBConvSpace:
+    """The configured space at the configured resolution (costs depend on it)."""
+    space = get_space(cfg.space)
+    return replace(space, img_size=cfg.img_size) if space.img_size != cfg.img_size else space
+
+
 def build_supernet(
     cfg: DNAConfig, device: torch.device, trainable_teacher: bool = False
 ) -> tuple[MBConvSpace, BlockTeacher, MBConvSupernet]:
     """Space, teacher and supernet, with the teacher's stages checked against the space's blocks."""
-    space = get_space(cfg.space)
-    if space.img_size != cfg.img_size:
-        space = MBConvSpace(space.name, space.blocks, space.stem_size, space.ds_width, space.num_features, cfg.img_size)
+    space = _space(cfg)
     torch.manual_seed(engine.derive_seed(cfg.seed, 'teacher-init'))  # a teacher without weights is still reproducible
     teacher = build_teacher(
         cfg.teacher,
@@ -197,10 +202,15 @@ def _train_loader(
     )
 
 
+@functools.lru_cache(maxsize=4)
+def _eval_folder(root: str, img_size: int) -> Any:
+    """The training folder with the eval transform, scanned once per process (ImageNet has 1.28M files)."""
+    return data_lib.image_folder(root, data_lib.build_transform(img_size, training=False))
+
+
 def _eval_batches(cfg: DNAConfig, indices: Sequence[int], device: torch.device) -> list[torch.Tensor]:
     """Images (eval transform: resize + center crop) of the training folder at ``indices``, batched."""
-    transform = data_lib.build_transform(cfg.img_size, training=False)
-    base = data_lib.image_folder(Path(cfg.data_dir) / 'train', transform)
+    base = _eval_folder(str(Path(cfg.data_dir) / 'train'), cfg.img_size)
     subset = torch.utils.data.Subset(base, list(indices))
     loader = DataLoader(subset, batch_size=cfg.rating_batch, num_workers=min(cfg.workers, 4), shuffle=False)
     return [x.to(device, non_blocking=True) for x, _ in loader]
@@ -409,7 +419,6 @@ def train_supernet(cfg: DNAConfig, ctx: engine.DistContext, resume: bool = False
                         'optimizer': optimizer.state_dict(),
                         'scheduler': scheduler.state_dict(),
                         'config': cfg.to_json(),
-                        'rng': engine.rng_state(),
                     }
                     engine.save_checkpoint(state, ckpt_path)
                 ctx.barrier()
@@ -644,9 +653,7 @@ def search(cfg: DNAConfig, ratings: dict[int, list[dict]], device: torch.device 
     """Exact constrained search over the rated blocks; writes ``<output>/arch/top<i>.json`` specs, returns them."""
     from ..strategies.budgeted import Candidate, exact_search
 
-    space = get_space(cfg.space)
-    if space.img_size != cfg.img_size:
-        space = MBConvSpace(space.name, space.blocks, space.stem_size, space.ds_width, space.num_features, cfg.img_size)
+    space = _space(cfg)
     missing = [k for k in range(len(space.blocks)) if k not in ratings]
     if missing:
         raise ValueError(f'blocks {missing} are not rated: a search needs ratings of every block')

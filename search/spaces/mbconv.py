@@ -371,10 +371,6 @@ class MBConvSupernet(nn.Module):
             h = layer(h)
         return self.out_adapters[k][choice.cell](h)
 
-    def forward(self, inputs: dict[int, torch.Tensor], paths: dict[int, tuple[int, BlockChoice]]) -> dict:
-        """Several blocks at once (one DDP forward): ``paths[k] = (in_width, choice)``; returns block outputs."""
-        return {k: self.forward_block(k, inputs[k], *paths[k]) for k in sorted(paths)}
-
     # -- the chosen network ---------------------------------------------------------------------------------------
     def _walk(self, arch: Sequence[BlockChoice]) -> Iterator[tuple[str, nn.Module]]:
         arch = self.space.check_arch(arch)
