@@ -52,10 +52,13 @@ print(torch.__version__.split("+")[0] + ("-cu" + torch.version.cuda.replace(".",
     if [ -z "$WHEEL" ]; then
         echo "install_mm: building mmcv $MMCV_VERSION from source, ~14 min on 2 cores, cached at $WHEEL_DIR"
         # ninja makes MAX_JOBS effective (without it the ops compile one file at a time).
-        "${PIP[@]}" install --quiet ninja wheel
+        "${PIP[@]}" install --quiet ninja wheel 'setuptools<81'
         BUILD=$(mktemp -d "${TMPDIR:-/tmp}/mmcv-build.XXXXXX")
         trap 'rm -rf "$BUILD"' EXIT
-        "${PIP[@]}" download --quiet --no-deps --no-binary :all: "mmcv==$MMCV_VERSION" -d "$BUILD"
+        # --no-build-isolation here too: pip prepares the sdist's metadata while downloading, and in an isolated
+        # build environment it would take the newest setuptools, which has no pkg_resources (mmcv's setup.py
+        # imports it). The venv's setuptools<81 and torch are used instead.
+        "${PIP[@]}" download --quiet --no-deps --no-binary :all: --no-build-isolation "mmcv==$MMCV_VERSION" -d "$BUILD"
         tar -xzf "$BUILD/mmcv-$MMCV_VERSION.tar.gz" -C "$BUILD"
         SRC="$BUILD/mmcv-$MMCV_VERSION"
         sed -i 's/-std=c++17/-std=c++20/g' "$SRC/setup.py"
