@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from backbones._runtime import DistContext, init_distributed
+from backbones._runtime import DistContext, atomic_write_text, init_distributed
 
 from .config import TrainConfig, check_config, resolve_lr
 from .data import build_dataset, build_model, build_transforms
@@ -270,7 +270,7 @@ def resume(run: Run, state: dict | None, path: Path | None) -> None:
         (run.out_dir / 'log.jsonl').write_text('')
     if ctx.is_main:
         info = {**asdict(cfg), 'resolved_lr': run.lr, 'world_size': ctx.world_size, 'data_config': run.data_cfg}
-        (run.out_dir / 'config.json').write_text(json.dumps(info, indent=2, default=str) + '\n')
+        atomic_write_text(run.out_dir / 'config.json', json.dumps(info, indent=2, default=str) + '\n')
 
 
 # ------------------------------------------------------------------------------------------------------ epoch

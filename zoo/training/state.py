@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from backbones._runtime import atomic_write, load_checkpoint, save_checkpoint
+from backbones._runtime import atomic_write, atomic_write_text, load_checkpoint, save_checkpoint
 
 from .config import TrainConfig
 
@@ -127,4 +127,4 @@ def trim_log(path: Path, last_epoch: int) -> None:
         with contextlib.suppress(ValueError, KeyError, TypeError):
             if json.loads(line)['epoch'] <= last_epoch:
                 keep.append(line)
-    path.write_text(''.join(f'{line}\n' for line in keep))
+    atomic_write_text(path, ''.join(f'{line}\n' for line in keep))
