@@ -15,12 +15,12 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
+
+from backbones import _runtime
 
 __all__ = [
     'DistContext',
@@ -40,40 +40,8 @@ __all__ = [
 FAULT_ENV = 'SUPERNET_ZOO_KILL_AFTER_STEP'
 
 
-@dataclass(frozen=True)
-class DistContext:
-    """Where this process runs: rank, world size, device; ``is_main`` logs, saves and shows progress."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device('cpu'))
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
-
-    def all_gather_object(self, obj: Any) -> list[Any]:
-        if not self.distributed:
-            return [obj]
-        out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, obj)
-        return out
-
-    def broadcast_object(self, obj: Any) -> Any:
-        if not self.distributed:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
+#: Where this process runs (rank, world size, device); shared with retraining, defined in ``backbones._runtime``.
+DistContext = _runtime.DistContext
 
 
 def init_distributed(device: str = 'auto') -> DistContext:
@@ -81,21 +49,7 @@ def init_distributed(device: str = 'auto') -> DistContext:
 
     ``device='auto'`` takes the local GPU when there is one (NCCL), else the CPU (gloo).
     """
-    world = int(os.environ.get('WORLD_SIZE', '1'))
-    rank = int(os.environ.get('RANK', '0'))
-    local = int(os.environ.get('LOCAL_RANK', '0'))
-    if device == 'auto':
-        device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    if device.startswith('cuda'):
-        if not torch.cuda.is_available():
-            raise RuntimeError('--device cuda was asked for but torch sees no GPU')
-        dev = torch.device('cuda', local)
-        torch.cuda.set_device(dev)
-    else:
-        dev = torch.device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group('nccl' if dev.type == 'cuda' else 'gloo')
-    return DistContext(rank, world, local, dev)
+    return _runtime.init_distributed(device)
 
 
 def derive_seed(seed: int, *keys: Any) -> int:
@@ -127,27 +81,13 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
 
     A run killed at any moment leaves either the previous checkpoint or the new one, never a torn file.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
-    with open(tmp, 'wb') as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return _runtime.save_checkpoint(state, path)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = 'cpu') -> dict:
     """Load a checkpoint with ``weights_only=True``; a missing or corrupt file raises an error naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f'checkpoint {path} does not exist')
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        raise RuntimeError(f'checkpoint {path} is corrupt or not a supernet-zoo checkpoint: {err}') from err
-    if not isinstance(state, dict) or 'step' not in state:
+    state = _runtime.load_checkpoint(path, map_location)
+    if 'step' not in state:
         raise RuntimeError(f'checkpoint {path} is not a supernet-zoo search checkpoint (no "step" entry)')
     return state
 

@@ -1,4 +1,4 @@
-"""Retraining (search/retrain.py, tools/train.py): outputs, exact resume, presets that match the papers, the CLI."""
+"""Retraining (zoo/training/, tools/train.py): outputs, exact resume, presets that match the papers, the CLI."""
 
 import json
 import subprocess
@@ -13,7 +13,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import zoo
-from search import retrain, write_spec
+from search import write_spec
+from zoo import training as retrain
+from zoo.training.cli import config_from_args
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_SPEC = {
@@ -166,14 +168,14 @@ def test_presets_match_the_papers():
 
 
 def test_cli_flags_override_the_preset():
-    cfg, printing = retrain.config_from_args(
+    cfg, printing = config_from_args(
         ['dna_c', '--preset', 'dna', '--epochs', '7', '--lr', '0.01', '--no-ema', '--model-kwargs', 'drop_rate=0.3']
     )
     assert not printing and cfg.model == 'dna_c' and cfg.epochs == 7 and not cfg.ema
     assert cfg.opt == 'rmsproptf' and cfg.decay_rate == 0.963  # untouched preset values stay
     assert cfg.lr == 0.01 and cfg.lr_batch is None and retrain.resolve_lr(cfg, 8) == 0.01  # explicit lr is absolute
     assert cfg.model_kwargs == {'drop_rate': 0.3}
-    cfg, _ = retrain.config_from_args(['dna_c', '--preset', 'dna', '--resume'])
+    cfg, _ = config_from_args(['dna_c', '--preset', 'dna', '--resume'])
     assert cfg.resume is True
 
 

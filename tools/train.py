@@ -1,4 +1,4 @@
-"""Retrain a zoo model, or a spec found by a search, on an ImageNet-style folder (library: search/retrain.py).
+"""Retrain a zoo model, or a spec found by a search, on an ImageNet-style folder (library: zoo/training/).
 
 Usage: python tools/train.py MODEL_OR_SPEC --data-dir DIR --output OUT [--preset dna|bossnet|pinas|nasvit|smoke]
        [--epochs N] [--batch-size B] [--lr LR] [--amp] [--resume [PATH]] [--print-config] ... (--help lists all)
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from search.retrain import main
+from zoo.training.cli import main
 
 if __name__ == '__main__':
     sys.exit(main())

@@ -92,7 +92,7 @@ def run(
     cfg: DNAPlusConfig, ctx: engine.DistContext, resume: bool = True, stages: Sequence[str] | None = None
 ) -> list[dict]:
     """Run all generations; returns the last generation's found architectures."""
-    from ..retrain import make_config, train
+    from zoo.training import make_config, train  # lazy: retraining is zoo.training (docs/train.md)
 
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
