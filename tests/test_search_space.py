@@ -66,11 +66,12 @@ def test_costs_add_up_to_the_built_network() -> None:
         arch = space.sample(g)
         macs, params = fixed_cost(space)
         width = space.ds_width
-        for k, choice in enumerate(arch):
+        for k, choice in enumerate(space.decode(arch)):
             m, p = choice_cost(space, k, width, choice)
             macs, params, width = macs + m, params + p, space.widths(arch)[k]
         net = timm.create_model('mbconv', spec=space.to_spec(arch))
         assert (macs, params) == (count_macs(net, (3, 32, 32)), count_params(net))
+        assert (space.cost(arch, 'macs'), space.cost(arch, 'params')) == (macs, params)
 
 
 @pytest.fixture(scope='module')
