@@ -162,7 +162,8 @@ class Rater(Protocol):
     def fingerprint(self) -> str: ...
 
     def rate(self) -> Any:
-        """``'block'``: ``{block: [row, ...]}``; ``'path'``: a callable ``score(arch) -> float`` (lower is better)."""
+        """What the searcher consumes: ``'block'``: ``{block: [row, ...]}`` (``None`` while block jobs are
+        missing); ``'path'``: the rater itself or a callable ``score(arch) -> float`` (lower is better)."""
         ...
 
 
@@ -175,24 +176,36 @@ class Searcher(Protocol):
 
 @runtime_checkable
 class Method(Protocol):
-    """A supernet training method: the engine calls these, in this order.
+    """A supernet training method, constructed from its config (``Method(cfg)``); the engine calls, in order:
 
-    1. ``build(ctx)`` makes its state (supernet, teachers, heads) on ``ctx.device`` and returns the module the engine
-       checkpoints and wraps in DDP; ``trainable_state()`` says what a checkpoint keeps of it.
+    1. ``build(ctx, split)`` makes its state (supernet, teachers, heads) on ``ctx.device`` (``split``: the
+       held-out split, for anything calibrated on training images) and returns the module the engine checkpoints
+       and wraps in DDP; ``trainable_state()`` says what a checkpoint keeps of it; ``train_mode()`` sets train/eval
+       modes before the loop.
     2. ``optimizer(steps_per_epoch)`` returns ``(optimizer, scheduler, per_step)``: timm schedulers stepped per
        epoch (``scheduler.step(epoch)``) or per step (``scheduler.step_update(step)``) when ``per_step``.
     3. Per optimizer step: ``sample_paths(step)`` (a pure function of the seed and the step, so identical on every
-       rank), then per micro-batch ``train_step(images, labels, paths, ctx)``, which calls ``ctx.backward`` and
-       returns the detached losses to log, then ``after_step(step)`` (e.g. an EMA target's update).
-    4. ``rater(ctx)`` rates the trained supernet; ``searcher()`` picks the architectures.
+       rank), then per micro-batch ``train_step(images, labels, paths, ctx)`` under autocast (and DDP ``no_sync``
+       but for the last micro-batch), which calls ``ctx.backward`` once or more and returns the detached losses to
+       log, then ``after_step(step)`` (e.g. an EMA target's update) after the optimizer step.
+    4. ``rater(ctx).rate()`` rates the trained supernet (looking at its cache before building anything);
+       ``searcher(device).search(space, rated, metric, budget, top_k)`` picks the architectures, which the engine
+       writes as ``arch/top<i>.json`` with ``provenance()`` added.
+
+    Optional: ``groups_per_lr`` (parameter groups per logged learning rate, default 1); block-wise methods (with
+    ``--block`` jobs) also have ``num_blocks`` and ``block_prefixes(k)`` (the state-dict prefixes of block ``k``).
     """
 
     name: str
+    config_class: type
     space: SearchSpace
+    cfg: Any
 
-    def build(self, ctx: Any) -> nn.Module: ...
+    def build(self, ctx: Any, split: dict) -> nn.Module: ...
 
     def trainable_state(self) -> dict[str, torch.Tensor]: ...
+
+    def train_mode(self) -> None: ...
 
     def optimizer(self, steps_per_epoch: int) -> tuple[torch.optim.Optimizer, Any, bool]: ...
 
@@ -208,4 +221,6 @@ class Method(Protocol):
 
     def rater(self, ctx: Any) -> Rater: ...
 
-    def searcher(self) -> Searcher: ...
+    def searcher(self, device: torch.device) -> Searcher: ...
+
+    def provenance(self) -> dict[str, Any]: ...

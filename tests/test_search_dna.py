@@ -80,7 +80,7 @@ def test_dna_search_end_to_end(full_run: Path) -> None:
     ]
     best = brute_force_search(blocks, None, k=1, start_key=space.ds_width)[0]
     assert result[0]['score'] == pytest.approx(best.score)
-    assert result[0]['arch'] == [[c.payload['cell'], c.payload['ops']] for c in best.choices]
+    assert result[0]['choices'] == [[c.payload['cell'], c.payload['ops']] for c in best.choices]
     # the emitted spec goes through timm and the zoo API
     spec_path = full_run / 'arch' / 'top1.json'
     model = zoo.create_model(str(spec_path), num_classes=3).eval()

@@ -32,12 +32,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import data as data_lib
-from .. import engine
+from .. import engine, pipeline
 from ..spaces.mbconv import MBConvSupernet
 from . import dna
 from .teacher import BlockTeacher
 
-__all__ = ['DNAPPConfig', 'SelfSupervisedObjective', 'VICRegRunner', 'projector', 'run', 'vicreg_loss']
+__all__ = ['DNAPP', 'DNAPPConfig', 'VICRegRunner', 'projector', 'run', 'vicreg_loss']
 
 
 @dataclass
@@ -57,7 +57,7 @@ class DNAPPConfig(dna.DNAConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.variance_on not in ('both', 'teacher'):
-            raise ValueError(f'variance_on {self.variance_on!r}: expected "both" or "teacher"')
+            raise dna.ConfigError(f'variance_on {self.variance_on!r}: expected "both" or "teacher"')
 
 
 def projector(in_dim: int, dim: int) -> nn.Sequential:
@@ -160,21 +160,26 @@ class _TwoViews:
         return self.transform(img), self.transform(img)
 
 
-class SelfSupervisedObjective(dna.DistillObjective):
-    """DNA++'s pieces for :func:`search.methods.dna.train_supernet` and :func:`~search.methods.dna.rate_blocks`."""
+class DNAPP(dna.DNA):
+    """DNA++ as a :class:`~search.protocols.Method`: DNA's loop with a trained teacher, projectors and VICReg."""
 
     name = 'dna_pp'
+    config_class: type = DNAPPConfig
 
-    def runner(self, cfg: DNAPPConfig, teacher: BlockTeacher, supernet: MBConvSupernet) -> nn.Module:
-        return VICRegRunner(cfg, teacher, supernet)
+    def teacher_trainable(self) -> bool:
+        return True
 
-    def optimizer(self, cfg: DNAPPConfig, runner: nn.Module, blocks: Sequence[int], steps_per_epoch: int) -> tuple:
+    def make_runner(self, teacher: BlockTeacher, supernet: MBConvSupernet) -> nn.Module:
+        return VICRegRunner(self.cfg, teacher, supernet)
+
+    def optimizer(self, steps_per_epoch: int) -> tuple:
         """LARS (timm) at ``base_lr x batch / 256``, cosine over the run with a warm-up; stepped per step."""
         from timm.optim import create_optimizer_v2
         from timm.scheduler import CosineLRScheduler
 
+        cfg = self.cfg
         lr = cfg.base_lr * cfg.batch_size / 256
-        optimizer = create_optimizer_v2(runner, 'lars', lr=lr, weight_decay=cfg.weight_decay)
+        optimizer = create_optimizer_v2(self.runner, 'lars', lr=lr, weight_decay=cfg.weight_decay)
         total = steps_per_epoch * cfg.epochs
         scheduler = CosineLRScheduler(
             optimizer,
@@ -185,24 +190,21 @@ class SelfSupervisedObjective(dna.DistillObjective):
         )
         return optimizer, scheduler, True
 
-    def transform(self, cfg: DNAPPConfig) -> Any:
-        return _TwoViews(data_lib.build_transform(cfg.img_size, training=True, **cfg.train_aug))
+    def transform(self) -> Any:
+        return _TwoViews(data_lib.build_transform(self.cfg.img_size, training=True, **self.cfg.train_aug))
 
-    def teacher_trainable(self, cfg: DNAPPConfig) -> bool:
-        return True
-
-    def rating_head(self, runner: nn.Module, k: int, cell: int) -> nn.Module:
+    def rating_head(self, k: int, cell: int) -> nn.Module:
         return nn.Sequential(
-            runner.supernet.out_adapters[k][cell], nn.AdaptiveAvgPool2d(1), nn.Flatten(), runner.proj_student[k]
+            self.supernet.out_adapters[k][cell], nn.AdaptiveAvgPool2d(1), nn.Flatten(), self.runner.proj_student[k]
         )
 
     @torch.no_grad()
-    def rating_target(self, runner: nn.Module, k: int, feature: torch.Tensor) -> torch.Tensor:
-        return runner.proj_teacher[k].eval()(feature.mean((2, 3)))
+    def rating_target(self, k: int, feature: torch.Tensor) -> torch.Tensor:
+        return self.runner.proj_teacher[k].eval()(feature.mean((2, 3)))
 
 
 def run(
-    cfg: DNAPPConfig, ctx: engine.DistContext, resume: bool = False, stages: Sequence[str] = ('train', 'rate', 'search')
+    cfg: DNAPPConfig, ctx: engine.DistContext, resume: bool = False, stages: Sequence[str] = pipeline.STAGES
 ) -> list[dict]:
-    """DNA++ end to end: joint self-supervised training, rating in projector space, exact search."""
-    return dna.run(cfg, ctx, resume=resume, stages=stages, objective=SelfSupervisedObjective())
+    """DNA++ end to end on the engine: joint self-supervised training, rating in projector space, exact search."""
+    return pipeline.run(DNAPP(cfg), ctx, stages=stages, resume=resume)
