@@ -252,10 +252,17 @@ class PathRater:
         return [(x.to(self.ctx.device), y.to(self.ctx.device)) for x, y in loader]
 
     def _load(self) -> None:
-        from ..pipeline import holdout_split, load_trained
+        """Supernet, calibration and held-out images; no collectives (only the main process rates, lazily)."""
+        from ..pipeline import checkpoint_path
 
-        load_trained(self.method, self.ctx)
-        split = holdout_split(self.cfg, self.ctx)
+        cfg = self.cfg
+        split = data_lib.holdout_split(
+            Path(cfg.data_dir) / 'train', cfg.holdout_per_class, cfg.seed, cfg.out / 'holdout_split.json'
+        )
+        self.method.build(self.ctx, split)
+        state = engine.load_checkpoint(checkpoint_path(cfg), self.ctx.device)
+        self.method.supernet.load_state_dict(state['model'])
+        self.method.supernet.eval()
         g = engine.generator(self.cfg.seed, 'rating-images')
         holdout = [split['holdout'][i] for i in torch.randperm(len(split['holdout']), generator=g).tolist()]
         g = engine.generator(self.cfg.seed, 'rating-calibration')
