@@ -187,3 +187,17 @@ def test_bad_config_values_are_named(setting: dict, message: str) -> None:
 def test_bad_config_value_fails_in_one_line_on_the_command_line(tiny_data: Path, tmp_path: Path) -> None:
     proc = _spos(TINY, tmp_path / 'bad', tiny_data, '--set', 'schedule=step', check=False)
     assert proc.returncode == 2 and "schedule 'step'" in proc.stderr and 'Traceback' not in proc.stderr, proc.stderr
+
+
+def test_dna_space_path_with_its_head_is_the_zoo_model() -> None:
+    """SPOS trains the DNA MBConv space with a classifier: a path with its head is the whole zoo network."""
+    space = search.get_space('dna')
+    net = search.build_supernet('dna', num_classes=5).eval()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    for _ in range(2):
+        arch = space.sample(gen)
+        model = zoo.create_model(space.to_spec(arch), num_classes=5).eval()
+        model.load_state_dict(net.path_state_dict(arch), strict=True)
+        with torch.no_grad():
+            assert torch.equal(model(x), net(x, arch))
