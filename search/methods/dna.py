@@ -63,6 +63,7 @@ __all__ = [
     'cached_ratings',
     'run',
     'search',
+    'teacher_features',
 ]
 
 
@@ -72,7 +73,7 @@ class DNAConfig(SearchConfig):
 
     output: str = 'runs/dna'
     space: str = 'dna'
-    teacher: str = 'tf_efficientnet_b7'
+    teacher: str = 'tf_efficientnet_b7.aa_in1k'  # the official teacher: AutoAugment ImageNet weights, not JFT
     teacher_pretrained: bool = True
     teacher_split: str = 'auto'
     teacher_kwargs: dict = field(default_factory=dict)  # e.g. {'spec': {...}} for a zoo 'mbconv' teacher (DNA+)
@@ -84,7 +85,7 @@ class DNAConfig(SearchConfig):
     all_cells: bool = True
     compile_teacher: bool = False
     calib_batches: int = 1
-    rating_images: int = 1024
+    rating_images: int = 2048  # held-out images kept on the device; the official code rates 19 x 64 x 8 = 9728
     rating_batch: int = 128
     latency_batch: int = 1
     train_aug: dict = field(default_factory=lambda: {'color_jitter': 0.4, 're_prob': 0.5, 're_mode': 'pixel'})
@@ -228,6 +229,29 @@ class DistillRunner(nn.Module):
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """What a checkpoint keeps: the supernet (the teacher is rebuilt from its name)."""
         return {f'supernet.{k}': v for k, v in self.supernet.state_dict().items()}
+
+
+@torch.no_grad()
+def teacher_features(teacher: BlockTeacher, batches: Sequence[torch.Tensor], batch_stats: bool) -> list:
+    """The teacher's block features of each batch for rating, in fp32 (autocast off, whatever the run's AMP).
+
+    ``batch_stats`` (``teacher_bn: train``): BN normalises each batch with its own statistics, as the training
+    targets did (the official code's per-batch BN), without touching the running statistics.
+    """
+    bns = [m for m in teacher.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [bn.momentum for bn in bns]
+    device = batches[0].device if batches else torch.device('cpu')
+    try:
+        if batch_stats:
+            for bn in bns:
+                bn.momentum = 0.0
+        teacher.train(batch_stats)
+        with torch.autocast(device.type, enabled=False):
+            return [[f.float() for f in teacher(x.float())] for x in batches]
+    finally:
+        for bn, momentum in zip(bns, saved, strict=True):
+            bn.momentum = momentum
+        teacher.eval()
 
 
 def _block_prefixes(k: int) -> tuple[str, ...]:
@@ -404,9 +428,9 @@ class BlockRater:
         calib_idx = torch.randperm(len(split['train']), generator=g)[: cfg.calib_batches * cfg.rating_batch].tolist()
         eval_images = _eval_batches(cfg, holdout, ctx.device)
         calib_images = _eval_batches(cfg, [split['train'][i] for i in calib_idx], ctx.device)
-        with engine.autocast(ctx.device, cfg.amp):
-            eval_feats = [[f.float() for f in teacher(x)] for x in eval_images]
-            calib_feats = [[f.float() for f in teacher(x)] for x in calib_images]
+        batch_stats = cfg.teacher_bn == 'train' and not method.teacher_trainable()
+        eval_feats = teacher_features(teacher, eval_images, batch_stats)
+        calib_feats = teacher_features(teacher, calib_images, batch_stats)
         results: dict[int, list[dict]] = {}
         for k in blocks:
             start = time.perf_counter()

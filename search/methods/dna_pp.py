@@ -166,6 +166,14 @@ class DNAPP(dna.DNA):
     name = 'dna_pp'
     config_class: type = DNAPPConfig
 
+    def __init__(self, cfg: DNAPPConfig) -> None:
+        if cfg.blocks is not None:
+            raise dna.ConfigError(
+                'dna_pp trains its teacher jointly with every block: --block jobs would each train their own '
+                'teacher, so DNA++ runs all blocks in one job'
+            )
+        super().__init__(cfg)
+
     def teacher_trainable(self) -> bool:
         return True
 
