@@ -177,6 +177,8 @@ def test_random_search_respects_the_budget_and_counts_rejections() -> None:
         ({'label_smoothing': 1.5}, 'label_smoothing must be in'),
         ({'lrr': 0.1}, r"unknown config key\(s\) \['lrr'\]"),
         ({'lr': 'fast'}, "lr='fast': expected float"),
+        ({'space': 'nope'}, "space 'nope' .*unknown search space 'nope'"),
+        ({'space': 'fairnas', 'space_options': {'width': 2}}, r"unknown option\(s\) \['width'\]"),
     ],
 )
 def test_bad_config_values_are_named(setting: dict, message: str) -> None:

@@ -91,6 +91,11 @@ class SPOSConfig(SearchConfig):
         for name in ('lr', 'calib_images', 'rating_images', 'rating_batch', 'search_samples'):
             if getattr(self, name) <= 0:
                 raise ConfigError(f'{name} must be positive, got {getattr(self, name)}')
+        try:
+            get_space(self.space, img_size=self.img_size, **self.space_options)
+        except (KeyError, ValueError, TypeError) as err:
+            reason = err.args[0] if isinstance(err, KeyError) else err
+            raise ConfigError(f'space {self.space!r} with space_options {self.space_options}: {reason}') from None
         if self.num_classes is not None and self.num_classes < 1:
             raise ConfigError(f'num_classes must be >= 1 (or null: from the data folder), got {self.num_classes}')
 
@@ -125,7 +130,12 @@ class SPOS:
             self.num_classes = len(self._folder().reader.class_to_idx)
         torch.manual_seed(engine.derive_seed(self.cfg.seed, 'supernet-init'))
         options = {'drop_rate': self.cfg.drop_rate} if self.cfg.drop_rate else {}
-        self.supernet = self.space.build_supernet(num_classes=self.num_classes, **options)
+        try:
+            self.supernet = self.space.build_supernet(num_classes=self.num_classes, **options)
+        except TypeError as err:
+            raise ValueError(
+                f'space {self.space.name!r}: its supernet does not take {sorted(options)} ({err})'
+            ) from None
         self.supernet.to(ctx.device)
         return self.supernet
 
