@@ -174,6 +174,8 @@ def train(method: Any, ctx: engine.DistContext, resume: bool = False) -> Path:
         optimizer.load_state_dict(state['optimizer'])
         scheduler.load_state_dict(state['scheduler'])
         step = int(state['step'])
+        if not getattr(method, 'zero_grad_to_none', True):
+            _restore_zero_grads(optimizer)
         if ctx.is_main:
             _truncate_log(cfg.out / 'train_log.jsonl', step)
             _remove_stale_tmp(ckpt_path.parent)
@@ -189,7 +191,7 @@ def train(method: Any, ctx: engine.DistContext, resume: bool = False) -> Path:
     while step < total:
         epoch, start = divmod(step, steps_per_epoch)
         if not per_step:
-            scheduler.step(epoch)
+            scheduler.step(epoch + getattr(method, 'schedule_epoch_offset', 0))
         it = iter(_train_loader(cfg, split, ctx, epoch, start, method.transform()))
         for _ in range(start, steps_per_epoch):
             if per_step:
@@ -212,7 +214,7 @@ def train(method: Any, ctx: engine.DistContext, resume: bool = False) -> Path:
                 for name, value in parts.items():
                     losses[name] = losses.get(name, 0.0) + float(value) / cfg.grad_accum
             optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=getattr(method, 'zero_grad_to_none', True))
             method.after_step(step)
             if ctx.device.type == 'cuda':
                 torch.cuda.synchronize(ctx.device)
@@ -250,6 +252,15 @@ def train(method: Any, ctx: engine.DistContext, resume: bool = False) -> Path:
     if ctx.is_main and not ckpt_path.is_file():
         raise RuntimeError(f'{ckpt_path} is missing')
     return ckpt_path
+
+
+def _restore_zero_grads(optimizer: torch.optim.Optimizer) -> None:
+    """Zeroed (not ``None``) gradients for every parameter the optimizer has stepped, as the uninterrupted run has
+    them: with ``zero_grad(set_to_none=False)`` those keep being updated in steps that do not sample them."""
+    for group in optimizer.param_groups:
+        for p in group['params']:
+            if optimizer.state.get(p) and p.grad is None:
+                p.grad = torch.zeros_like(p)
 
 
 def _backward(cfg: Any, ctx: engine.DistContext) -> Any:

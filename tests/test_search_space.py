@@ -77,7 +77,7 @@ def test_costs_add_up_to_the_built_network() -> None:
 @pytest.fixture(scope='module')
 def tiny_supernet() -> MBConvSupernet:
     torch.manual_seed(0)
-    net = MBConvSupernet('tiny', [24, 32, 48, 64])
+    net = MBConvSupernet('tiny')
     # non-trivial BN statistics, so that equality is not an accident of fresh buffers
     for m in net.modules():
         if isinstance(m, nn.BatchNorm2d):
@@ -131,8 +131,10 @@ def test_bad_paths_and_spaces_are_named() -> None:
         MBConvSpace('bad', (space.blocks[0].__class__(2, (space.blocks[0].cells[0].__class__(1, 12),)),))
     with pytest.raises(KeyError, match='unknown MBConv space'):
         get_space('nope')
+    from search.methods.dna import DNAAdapters
+
     with pytest.raises(ValueError, match='teacher gives 2 features'):
-        MBConvSupernet('tiny', [8, 8])
+        DNAAdapters(space, [8, 8])
 
 
 def _naive(layer, depth, ops, calib, evals):  # every path on its own, as the official code rates

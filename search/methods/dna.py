@@ -18,7 +18,7 @@ and 4.3; facts and decisions in specs/dna.md. Three stages, each resumable and e
 Decisions where the paper is silent or the official code differs (docs/search.md lists them all): the teacher's BN
 statistics are re-estimated at the search resolution and then frozen (the code runs the teacher in train mode,
 so its targets depend on the batch); all cells of a block are trained in every step, each on its own sampled
-path ("in parallel", section 3.3); adapters instead of teacher-width boundary layers (search/spaces/mbconv.py).
+path ("in parallel", section 3.3); adapters instead of teacher-width boundary layers (:class:`DNAAdapters`).
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ __all__ = [
     'PAPER_FLOPS_FACTOR',
     'BlockRater',
     'BudgetedSearcher',
+    'DNAAdapters',
     'DNAConfig',
     'build_supernet',
     'cached_ratings',
@@ -111,8 +112,8 @@ def _space(cfg: DNAConfig) -> MBConvSpace:
 
 def build_supernet(
     cfg: DNAConfig, device: torch.device, trainable_teacher: bool = False
-) -> tuple[MBConvSpace, BlockTeacher, MBConvSupernet]:
-    """Space, teacher and supernet, with the teacher's stages checked against the space's blocks."""
+) -> tuple[MBConvSpace, BlockTeacher, MBConvSupernet, DNAAdapters]:
+    """Space, teacher, supernet and DNA's adapters, with the teacher's stages checked against the space's blocks."""
     space = _space(cfg)
     torch.manual_seed(engine.derive_seed(cfg.seed, 'teacher-init'))  # a teacher without weights is still reproducible
     teacher = build_teacher(
@@ -131,12 +132,57 @@ def build_supernet(
             '(or a teacher_split that gives them)'
         )
     torch.manual_seed(engine.derive_seed(cfg.seed, 'init'))
-    supernet = MBConvSupernet(space, channels).to(device)
-    return space, teacher, supernet
+    supernet = MBConvSupernet(space).to(device)
+    adapters = DNAAdapters(space, channels).to(device)
+    return space, teacher, supernet, adapters
 
 
-def _block_params(supernet: MBConvSupernet, k: int) -> list[nn.Parameter]:
-    mods: list[nn.Module] = [supernet.blocks[k], supernet.in_adapters[k], supernet.out_adapters[k]]
+def _adapter(in_chs: int, out_chs: int) -> nn.Sequential:
+    """1x1 conv + BN (no activation: MBConv outputs are linear bottlenecks)."""
+    return nn.Sequential(nn.Conv2d(in_chs, out_chs, 1, bias=False), nn.BatchNorm2d(out_chs))
+
+
+class DNAAdapters(nn.Module):
+    """DNA's maps between the teacher's widths and the space's, part of the method and of no emitted network.
+
+    The official supernet makes the last layer of each block output the teacher's width and feeds the next block the
+    teacher's tensor, so its paths differ from the final networks at every block boundary. Here every layer has its
+    final width; ``inputs[k][str(w)]`` maps the teacher's feature ``k - 1`` to block ``k``'s input width ``w`` and
+    ``outputs[k][cell]`` maps a cell's output to the teacher's width ``k`` for the loss (1x1 conv + BN, shared by
+    all paths of a cell). Block 0 receives the image through the supernet's fixed stem and DS layer.
+    """
+
+    def __init__(self, space: MBConvSpace, teacher_channels: Sequence[int]) -> None:
+        super().__init__()
+        if len(teacher_channels) != len(space.blocks):
+            raise ValueError(
+                f'space {space.name!r} has {len(space.blocks)} blocks but the teacher gives '
+                f'{len(teacher_channels)} features {list(teacher_channels)}'
+            )
+        self.teacher_channels = list(teacher_channels)
+        self.inputs = nn.ModuleList()
+        self.outputs = nn.ModuleList()
+        for k, block in enumerate(space.blocks):
+            widths = space.in_widths(k) if k else ()
+            self.inputs.append(nn.ModuleDict({str(w): _adapter(teacher_channels[k - 1], w) for w in widths}))
+            self.outputs.append(nn.ModuleList(_adapter(c.width, teacher_channels[k]) for c in block.cells))
+
+    def block_input(self, supernet: MBConvSupernet, k: int, x: torch.Tensor, in_width: int) -> torch.Tensor:
+        """The input of block ``k``: the image through stem + DS (k = 0), else the adapted teacher feature."""
+        return supernet.stem(x) if k == 0 else self.inputs[k][str(in_width)](x)
+
+    def forward_block(
+        self, supernet: MBConvSupernet, k: int, x: torch.Tensor, in_width: int, choice: BlockChoice
+    ) -> torch.Tensor:
+        """Block ``k`` on a path, mapped to the teacher's width (what the distillation loss compares)."""
+        h = self.block_input(supernet, k, x, in_width)
+        for layer in supernet.path_layers(k, in_width, choice):
+            h = layer(h)
+        return self.outputs[k][choice.cell](h)
+
+
+def _block_params(supernet: MBConvSupernet, adapters: DNAAdapters, k: int) -> list[nn.Parameter]:
+    mods: list[nn.Module] = [supernet.blocks[k], adapters.inputs[k], adapters.outputs[k]]
     if k == 0:
         mods += [supernet.conv_stem, supernet.bn1, supernet.ds]
     return [p for m in mods for p in m.parameters()]
@@ -152,12 +198,14 @@ def block_lrs(lr: Sequence[float], num_blocks: int) -> list[float]:
     return [lr[0] if k in (0, num_blocks - 1) else inner for k in range(num_blocks)]
 
 
-def _optimizer(cfg: DNAConfig, supernet: MBConvSupernet, blocks: Sequence[int]) -> torch.optim.Optimizer:
+def _optimizer(
+    cfg: DNAConfig, supernet: MBConvSupernet, adapters: DNAAdapters, blocks: Sequence[int]
+) -> torch.optim.Optimizer:
     """Adam, one pair of parameter groups per block (its own lr; no weight decay on BN weights and biases)."""
     lrs = block_lrs(cfg.lr, len(supernet.space.blocks))
     groups = []
     for k in blocks:
-        params = _block_params(supernet, k)
+        params = _block_params(supernet, adapters, k)
         decay = [p for p in params if p.ndim > 1]
         no_decay = [p for p in params if p.ndim <= 1]
         groups.append({'params': decay, 'lr': lrs[k], 'weight_decay': cfg.weight_decay, 'block': k})
@@ -211,10 +259,11 @@ def sample_paths(
 class DistillRunner(nn.Module):
     """What DDP wraps for DNA: the frozen teacher and the supernet; ``forward`` returns one MSE per path (Eq. 5)."""
 
-    def __init__(self, teacher: BlockTeacher, supernet: MBConvSupernet) -> None:
+    def __init__(self, teacher: BlockTeacher, supernet: MBConvSupernet, adapters: DNAAdapters) -> None:
         super().__init__()
         self.teacher = teacher
         self.supernet = supernet
+        self.adapters = adapters
 
     def forward(self, image: torch.Tensor, paths: list) -> list[torch.Tensor]:
         with torch.no_grad():
@@ -222,13 +271,15 @@ class DistillRunner(nn.Module):
         losses = []
         for k, w, choice in paths:
             x = image if k == 0 else feats[k - 1]
-            y = self.supernet.forward_block(k, x, w, choice)
+            y = self.adapters.forward_block(self.supernet, k, x, w, choice)
             losses.append(F.mse_loss(y.float(), feats[k].float()))
         return losses
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        """What a checkpoint keeps: the supernet (the teacher is rebuilt from its name)."""
-        return {f'supernet.{k}': v for k, v in self.supernet.state_dict().items()}
+        """What a checkpoint keeps: the supernet and the adapters (the teacher is rebuilt from its name)."""
+        out = {f'supernet.{k}': v for k, v in self.supernet.state_dict().items()}
+        out.update({f'adapters.{k}': v for k, v in self.adapters.state_dict().items()})
+        return out
 
 
 @torch.no_grad()
@@ -255,7 +306,7 @@ def teacher_features(teacher: BlockTeacher, batches: Sequence[torch.Tensor], bat
 
 
 def _block_prefixes(k: int) -> tuple[str, ...]:
-    prefixes = (f'supernet.blocks.{k}.', f'supernet.in_adapters.{k}.', f'supernet.out_adapters.{k}.')
+    prefixes = (f'supernet.blocks.{k}.', f'adapters.inputs.{k}.', f'adapters.outputs.{k}.')
     if k == 0:
         prefixes += ('supernet.conv_stem.', 'supernet.bn1.', 'supernet.ds.')
     return prefixes
@@ -274,6 +325,8 @@ class DNA:
     name = 'dna'
     config_class: type = DNAConfig
     groups_per_lr = 2  # parameter groups per logged learning rate (decay / no-decay pairs)
+    schedule_epoch_offset = 1  # the official code steps its scheduler with epochs counted from 1 (docs/search.md)
+    zero_grad_to_none = False  # official: gradients zeroed, so Adam keeps moving ops not sampled in a step
 
     def __init__(self, cfg: DNAConfig) -> None:
         self.cfg = cfg
@@ -293,16 +346,16 @@ class DNA:
     def teacher_trainable(self) -> bool:
         return False
 
-    def make_runner(self, teacher: BlockTeacher, supernet: MBConvSupernet) -> nn.Module:
-        return DistillRunner(teacher, supernet)
+    def make_runner(self, teacher: BlockTeacher, supernet: MBConvSupernet, adapters: DNAAdapters) -> nn.Module:
+        return DistillRunner(teacher, supernet, adapters)
 
     def build(self, ctx: engine.DistContext, split: dict) -> nn.Module:
         """Teacher (BN prepared on ``split``), supernet and the module DDP wraps."""
         cfg = self.cfg
-        _, self.teacher, self.supernet = build_supernet(cfg, ctx.device, self.teacher_trainable())
+        _, self.teacher, self.supernet, self.adapters = build_supernet(cfg, ctx.device, self.teacher_trainable())
         if not self.teacher_trainable():
             _prepare_teacher(cfg, self.teacher, split, ctx.device)
-        self.runner = self.make_runner(self.teacher, self.supernet).to(ctx.device)
+        self.runner = self.make_runner(self.teacher, self.supernet, self.adapters).to(ctx.device)
         return self.runner
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
@@ -321,7 +374,7 @@ class DNA:
         """Adam + timm's step schedule (x ``lr_decay`` per epoch); returns (optimizer, scheduler, per_step)."""
         from timm.scheduler import StepLRScheduler
 
-        optimizer = _optimizer(self.cfg, self.supernet, self.blocks)
+        optimizer = _optimizer(self.cfg, self.supernet, self.adapters, self.blocks)
         return optimizer, StepLRScheduler(optimizer, decay_t=1, decay_rate=self.cfg.lr_decay), False
 
     def transform(self) -> Any:
@@ -350,7 +403,7 @@ class DNA:
 
     def rating_head(self, k: int, cell: int) -> nn.Module:
         """What follows a rated path: the cell's output adapter to the teacher's width."""
-        return self.supernet.out_adapters[k][cell]
+        return self.adapters.outputs[k][cell]
 
     def rating_target(self, k: int, feature: torch.Tensor) -> torch.Tensor:
         return feature
@@ -437,7 +490,17 @@ class BlockRater:
             targets = [method.rating_target(k, f[k]).float() for f in eval_feats]
             heads = [method.rating_head(k, c) for c in range(len(space.blocks[k].cells))]
             rows = _rate_block(
-                supernet, space, k, eval_images, calib_images, eval_feats, calib_feats, targets, heads, ctx
+                supernet,
+                method.adapters,
+                space,
+                k,
+                eval_images,
+                calib_images,
+                eval_feats,
+                calib_feats,
+                targets,
+                heads,
+                ctx,
             )
             rows = [r for part in ctx.all_gather_object(rows) for r in part]
             rows.sort(key=lambda r: (r['in_width'], r['cell'], r['ops']))
@@ -459,6 +522,7 @@ class BlockRater:
 
 def _rate_block(
     supernet: MBConvSupernet,
+    adapters: DNAAdapters,
     space: MBConvSpace,
     k: int,
     eval_images: list[torch.Tensor],
@@ -482,12 +546,12 @@ def _rate_block(
     subtree = 0
     for w in space.in_widths(k):
         if k == 0:
-            stem = nn.Sequential(supernet.conv_stem, supernet.bn1, supernet.ds)
+            stem = nn.Sequential(supernet.conv_stem, supernet.bn1, supernet.ds)  # == supernet.stem
             recalibrate_bn(stem, calib_images)
             cal_in = [stem(x) for x in calib_images]
             ev_in = [stem(x) for x in eval_images]
         else:
-            adapter = supernet.in_adapters[k][str(w)]
+            adapter = adapters.inputs[k][str(w)]
             recalibrate_bn(adapter, [f[k - 1] for f in calib_feats])
             cal_in = [adapter(f[k - 1]) for f in calib_feats]
             ev_in = [adapter(f[k - 1]) for f in eval_feats]
@@ -570,13 +634,18 @@ class BudgetedSearcher:
             raise ValueError(f'blocks {missing} are not rated: a search needs ratings of every block')
         cost, fixed = _costs(_replace(self.cfg, metric=metric), space, self.device)
         blocks = []
-        for k in range(len(space.blocks)):
+        for k, block in enumerate(space.blocks):
+            # a block without choices (DNA's fixed last block) adds nothing to the score, as in the official code:
+            # its score would only reward the previous block for the width it hands on
+            no_choice = len(block.cells) == 1 and len(block.ops) == 1
             cands = []
             for row in rated[k]:
                 choice = BlockChoice(int(row['cell']), tuple(row['ops']))
-                out_w = space.blocks[k].cells[choice.cell].width
+                out_w = block.cells[choice.cell].width
                 c = cost(k, int(row['in_width']), choice)
-                cands.append(Candidate(float(row['score']), c, int(row['in_width']), out_w, choice))
+                cands.append(
+                    Candidate(0.0 if no_choice else float(row['score']), c, int(row['in_width']), out_w, choice)
+                )
             blocks.append(cands)
         solutions = exact_search(blocks, budget, k=top_k, fixed_cost=fixed, start_key=space.ds_width)
         found = []

@@ -4,7 +4,7 @@ Paper: DNA Family (arXiv 2403.01326) section 3.5, Eq. 10-11. Per block k, two ML
 block output (view A) and the supernet path's block output (fed the teacher's previous-block feature of view B) to
 Z_k and Z^_k; the loss is
 
-    L = l_inv / (K M) sum_k sum_j ||Z_k^j - Z^_k^j||^2                     (invariance, Eq. 10)
+    L = l_inv / (K M C) sum_k sum_j ||Z_k^j - Z^_k^j||^2                   (invariance, Eq. 10 averaged over C too)
       + l_cov / (K C) sum_k (||offdiag Cov(Z_k)||^2 + ||offdiag Cov(Z^_k)||^2)   (covariance, 1/(M-1))
       + l_var / (C K) sum_k sum_c max(0, gamma - sqrt(Var(Z_k,c) + eps))   (variance hinge, Eq. 11)
 
@@ -23,11 +23,12 @@ output (the invariance term in the projector space), after the same BN recalibra
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -87,18 +88,24 @@ def vicreg_loss(
     gamma: float = 1.0,
     eps: float = 1e-4,
     variance_on: str = 'both',
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The three terms of Eq. 10-11 for one block (already weighted); ``z`` is the teacher side, ``z_hat`` the path.
 
-    Invariance is the squared distance averaged over samples and dimensions; covariance sums the squared
-    off-diagonal entries of each branch's covariance (1/(M-1)) divided by the dimension C; the variance hinge is
-    averaged over dimensions.
+    Invariance is the squared distance averaged over samples and dimensions (as VICReg's implementation, whose
+    coefficients assume the mean; Eq. 10 writes a sum over dimensions); covariance sums the squared off-diagonal
+    entries of each branch's covariance (1/(M-1)) divided by the dimension C; the variance hinge is averaged over
+    dimensions. ``gather`` (DDP: the embeddings of every rank, with gradients) feeds the variance and covariance
+    terms, as VICReg does; the invariance term is per sample and stays local.
     """
     if z.shape != z_hat.shape or z.ndim != 2 or z.shape[0] < 2:
         raise ValueError(f'vicreg_loss needs two (batch >= 2, dim) tensors of one shape, got {z.shape} / {z_hat.shape}')
     z, z_hat = z.float(), z_hat.float()
     m, c = z.shape
     inv = F.mse_loss(z, z_hat)
+    if gather is not None:
+        z, z_hat = gather(z), gather(z_hat)
+        m = z.shape[0]
     branches = (z, z_hat) if variance_on == 'both' else (z,)
     var = sum(F.relu(gamma - torch.sqrt(b.var(dim=0) + eps)).mean() for b in branches)
     cov = 0.0
@@ -109,15 +116,25 @@ def vicreg_loss(
     return {'inv': lambda_inv * inv, 'var': lambda_var * var, 'cov': lambda_cov * cov}
 
 
+def _gather_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``x`` concatenated, with gradients flowing back to each (VICReg's ``FullGatherLayer``)."""
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x), dim=0)
+
+
 class VICRegRunner(nn.Module):
     """What DDP wraps for DNA++: teacher (trained), supernet and projectors; returns one loss per path."""
 
-    def __init__(self, cfg: DNAPPConfig, teacher: BlockTeacher, supernet: MBConvSupernet) -> None:
+    def __init__(
+        self, cfg: DNAPPConfig, teacher: BlockTeacher, supernet: MBConvSupernet, adapters: dna.DNAAdapters
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         self.teacher = teacher
         self.supernet = supernet
-        chs = supernet.teacher_channels
+        self.adapters = adapters
+        chs = adapters.teacher_channels
         self.proj_teacher = nn.ModuleList(projector(c, cfg.projector_dim) for c in chs)
         self.proj_student = nn.ModuleList(projector(c, cfg.projector_dim) for c in chs)
 
@@ -129,7 +146,7 @@ class VICRegRunner(nn.Module):
         losses = []
         for k, w, choice in paths:
             x = view_b if k == 0 else feats_b[k - 1]
-            y = self.supernet.forward_block(k, x, w, choice)
+            y = self.adapters.forward_block(self.supernet, k, x, w, choice)
             z = self.proj_teacher[k](feats_a[k].mean((2, 3)))
             z_hat = self.proj_student[k](y.mean((2, 3)))
             terms = vicreg_loss(
@@ -141,6 +158,7 @@ class VICRegRunner(nn.Module):
                 self.cfg.gamma,
                 self.cfg.eps,
                 self.cfg.variance_on,
+                gather=_gather_ranks if dist.is_available() and dist.is_initialized() else None,
             )
             losses.append(sum(terms.values()))
         return losses
@@ -177,8 +195,8 @@ class DNAPP(dna.DNA):
     def teacher_trainable(self) -> bool:
         return True
 
-    def make_runner(self, teacher: BlockTeacher, supernet: MBConvSupernet) -> nn.Module:
-        return VICRegRunner(self.cfg, teacher, supernet)
+    def make_runner(self, teacher: BlockTeacher, supernet: MBConvSupernet, adapters: dna.DNAAdapters) -> nn.Module:
+        return VICRegRunner(self.cfg, teacher, supernet, adapters)
 
     def optimizer(self, steps_per_epoch: int) -> tuple:
         """LARS (timm) at ``base_lr x batch / 256``, cosine over the run with a warm-up; stepped per step."""
@@ -203,7 +221,7 @@ class DNAPP(dna.DNA):
 
     def rating_head(self, k: int, cell: int) -> nn.Module:
         return nn.Sequential(
-            self.supernet.out_adapters[k][cell], nn.AdaptiveAvgPool2d(1), nn.Flatten(), self.runner.proj_student[k]
+            self.adapters.outputs[k][cell], nn.AdaptiveAvgPool2d(1), nn.Flatten(), self.runner.proj_student[k]
         )
 
     @torch.no_grad()

@@ -9,13 +9,10 @@ Every op is built by timm's ``EfficientNetBuilder`` with exactly the settings of
 and the supernet's parameter names map one to one onto that network's, so a chosen path *is* the network that
 the emitted spec builds (``path_state_dict`` + ``forward_path``; tested).
 
-Decision (specs/dna.md section 7, item 1): the official supernet makes the last layer of each block output the
-teacher's width and feeds the next block the teacher's tensor, so its paths differ from the final networks at
-every block boundary. Here every layer has the width the final network has; two small 1x1 conv + BN adapters per
-block map the teacher's previous feature to the block's input width and the block's output to the teacher's width
-for the loss. They are shared by all paths of a cell and are not part of any emitted network. Because the first
-layer of a block takes the width chosen in the previous block, it has one set of weights per possible input
-width, and the search only joins candidates whose widths fit.
+Every layer has the width the final network has (DNA's 1x1 adapters to and from the teacher's widths belong to
+the DNA method, ``search.methods.dna.DNAAdapters``). Because the first layer of a block takes the width chosen in
+the previous block, it has one set of weights per possible input width, and the search only joins candidates whose
+widths fit.
 """
 
 from __future__ import annotations
@@ -448,11 +445,6 @@ def build_layer(arch: str, in_chs: int) -> nn.Module:
     return _builder()(in_chs, decode_arch_def([[arch]]))[0][0]
 
 
-def _adapter(in_chs: int, out_chs: int) -> nn.Sequential:
-    """1x1 conv + BN (no activation: MBConv outputs are linear bottlenecks)."""
-    return nn.Sequential(nn.Conv2d(in_chs, out_chs, 1, bias=False), nn.BatchNorm2d(out_chs))
-
-
 class SuperLayer(nn.Module):
     """All choices of one layer position: ``ops['<in_width>_<op>']`` (several input widths for a block's first)."""
 
@@ -480,26 +472,13 @@ class MBConvSupernet(nn.Module):
 
     ``num_classes > 0`` adds timm EfficientNet's head (``conv_head``, ``bn2``, average pooling, ``classifier``), so
     a path with :meth:`path_state_dict` is the whole network of its spec; ``num_classes=0`` keeps the trunk (DNA
-    never trains a head). With ``teacher_channels`` the supernet also holds DNA's adapters (block ``k > 0``
-    receives the teacher's feature ``k - 1``, block 0 the image through the fixed stem and DS layer).
+    never trains a head). Block-wise methods run one block at a time: :meth:`stem` then :meth:`path_layers`.
     """
 
-    def __init__(
-        self,
-        space: MBConvSpace | str,
-        teacher_channels: Sequence[int] | None = None,
-        in_chans: int = 3,
-        num_classes: int = 0,
-    ) -> None:
+    def __init__(self, space: MBConvSpace | str, in_chans: int = 3, num_classes: int = 0) -> None:
         super().__init__()
         space = get_space(space)
-        if teacher_channels is not None and len(teacher_channels) != len(space.blocks):
-            raise ValueError(
-                f'space {space.name!r} has {len(space.blocks)} blocks but the teacher gives '
-                f'{len(teacher_channels)} features {list(teacher_channels)}'
-            )
         self.space = space
-        self.teacher_channels = list(teacher_channels) if teacher_channels is not None else None
         self.num_classes = num_classes
         norm_act = get_norm_act_layer(nn.BatchNorm2d, ACT)
         stem = round_channels(space.stem_size)
@@ -507,20 +486,9 @@ class MBConvSupernet(nn.Module):
         self.bn1 = norm_act(stem, inplace=True)
         self.ds = build_layer(f'ds_r1_k3_s1_c{space.ds_width}_se{SE_RATIO}', stem)
         self.blocks = nn.ModuleList()
-        self.in_adapters = nn.ModuleList()
-        self.out_adapters = nn.ModuleList()
         for k, block in enumerate(space.blocks):
             in_widths = space.in_widths(k)
             self.blocks.append(nn.ModuleList(SuperCell(c, in_widths, block.stride, block.ops) for c in block.cells))
-            if teacher_channels is None:
-                continue
-            if k == 0:
-                self.in_adapters.append(nn.ModuleDict())
-            else:
-                self.in_adapters.append(
-                    nn.ModuleDict({str(w): _adapter(teacher_channels[k - 1], w) for w in in_widths})
-                )
-            self.out_adapters.append(nn.ModuleList(_adapter(c.width, teacher_channels[k]) for c in block.cells))
         self.head: nn.ModuleDict | None = None
         if num_classes > 0:
             from timm.layers import create_classifier
@@ -536,12 +504,10 @@ class MBConvSupernet(nn.Module):
                 }
             )
 
-    # -- training-time forward: one block, fed the teacher's previous feature -----------------------------------
-    def block_input(self, k: int, x: torch.Tensor, in_width: int) -> torch.Tensor:
-        """The input of block ``k``: the image through stem + DS (k = 0), else the adapted teacher feature."""
-        if k == 0:
-            return self.ds(self.bn1(self.conv_stem(x)))
-        return self.in_adapters[k][str(in_width)](x)
+    # -- block-wise forward: one block at a time ---------------------------------------------------------------
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """The fixed part before block 0: stem conv + BN + act, then the DS layer."""
+        return self.ds(self.bn1(self.conv_stem(x)))
 
     def path_layers(self, k: int, in_width: int, choice: BlockChoice) -> list[nn.Module]:
         cell = self.blocks[k][choice.cell]
@@ -550,13 +516,6 @@ class MBConvSupernet(nn.Module):
             mods.append(layer.choice(width, op))
             width = self.space.blocks[k].cells[choice.cell].width
         return mods
-
-    def forward_block(self, k: int, x: torch.Tensor, in_width: int, choice: BlockChoice) -> torch.Tensor:
-        """Block ``k`` on a path, mapped to the teacher's width (what the distillation loss compares)."""
-        h = self.block_input(k, x, in_width)
-        for layer in self.path_layers(k, in_width, choice):
-            h = layer(h)
-        return self.out_adapters[k][choice.cell](h)
 
     # -- the chosen network ---------------------------------------------------------------------------------------
     def _walk(self, arch: Sequence[BlockChoice]) -> Iterator[tuple[str, nn.Module]]:
