@@ -28,12 +28,16 @@ Spec (family ``mbconv``, version 1)::
      "stages": [["ds_r1_k3_s1_c16_se0.25"], ["ir_r1_k5_s2_e6_c24_se0.25", ...], ...]}
 
 ``stages`` are timm arch-def strings inside the DNA MBConv space: block type ``ds`` or ``ir``, kernel 3/5/7,
-expansion 3/6 (``ir`` only), stride 1/2, SE ratio 0.25.
+expansion 3/6 (``ir`` only), stride 1/2, SE ratio 0.25 or no ``se`` option (no squeeze-excite, timm's convention).
+The optional field ``act_layer`` is ``"swish"`` (the default, DNA/EfficientNet) or ``"relu6"`` (MobileNetV2 and the
+FairNAS-style single-path space of "Inter-choice dependent super-network weights", arXiv 2104.11522, Table 4); it
+sets every activation (stem, blocks, head), as timm's ``act_layer``. Specs without it build as before.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import torch.nn as nn
@@ -45,9 +49,9 @@ from timm.models.efficientnet import EfficientNet, EfficientNetFeatures
 
 from ._features import check_out_indices
 from ._pretrained import hub_id, resolve_pretrained
-from ._spec import SpecError, check_header, check_int, check_list
+from ._spec import SpecError, check_choice, check_header, check_int, check_list
 
-__all__ = ['FAMILY', 'SPECS', 'SPEC_VERSION', 'MBConvNet', 'MBConvNetFeatures', 'build', 'validate_spec']
+__all__ = ['ACTIVATIONS', 'FAMILY', 'SPECS', 'SPEC_VERSION', 'MBConvNet', 'MBConvNetFeatures', 'build', 'validate_spec']
 
 FAMILY = 'mbconv'
 SPEC_VERSION = 1
@@ -58,6 +62,10 @@ KERNELS = (3, 5, 7)
 EXPANSIONS = (3, 6)
 STRIDES = (1, 2)
 SE_RATIOS = (0.25,)
+ACTIVATIONS = ('swish', 'relu6')
+DEFAULT_ACT = 'swish'
+_FIELDS = ('stem_size', 'num_features', 'stages')
+_OPTIONAL_FIELDS = ('act_layer',)
 
 _TOKEN = re.compile(r'^(r|k|s|e|c|se)(\d+(?:\.\d+)?)$')
 
@@ -152,7 +160,7 @@ def _validate_block(block: Any, field: str) -> str:
         if m is None or m.group(1) in opts:
             raise SpecError(f'spec field {field!r}: cannot parse option {tok!r} (allowed: r, k, s, e, c, se)')
         opts[m.group(1)] = float(m.group(2)) if m.group(1) == 'se' else int(m.group(2))
-    need = ('r', 'k', 's', 'c', 'se') + (('e',) if kind == 'ir' else ())
+    need = ('r', 'k', 's', 'c') + (('e',) if kind == 'ir' else ())  # no 'se': no squeeze-excite
     missing = [n for n in need if n not in opts]
     if missing:
         raise SpecError(f'spec field {field!r}: missing option(s) {missing} in {block!r}')
@@ -171,7 +179,10 @@ def _validate_block(block: Any, field: str) -> str:
 
 def validate_spec(spec: Any) -> dict:
     """Validate an ``mbconv`` spec and return a normalised deep copy (raises :class:`SpecError`)."""
-    spec = check_header(spec, FAMILY, SPEC_VERSION, ('stem_size', 'num_features', 'stages'))
+    optional = tuple(f for f in _OPTIONAL_FIELDS if isinstance(spec, Mapping) and f in spec)
+    spec = check_header(spec, FAMILY, SPEC_VERSION, _FIELDS + optional)
+    if 'act_layer' in spec:
+        check_choice(spec['act_layer'], ACTIVATIONS, 'act_layer')
     check_int(spec['stem_size'], 'stem_size', minimum=1)
     check_int(spec['num_features'], 'num_features', minimum=1)
     stages = check_list(spec['stages'], 'stages')
@@ -190,7 +201,7 @@ def _net_kwargs(spec: dict) -> dict:
     return dict(
         block_args=decode_arch_def(spec['stages']),
         stem_size=spec['stem_size'],
-        act_layer='swish',
+        act_layer=spec.get('act_layer', DEFAULT_ACT),
     )
 
 

@@ -58,13 +58,13 @@ def benchmark_dna(
     cfg = dna.DNAConfig(
         space=space, teacher=teacher, teacher_pretrained=False, img_size=img_size, batch_size=batch, amp=amp, seed=seed
     )
-    space_obj, teach, supernet = dna.build_supernet(cfg, ctx.device)
+    space_obj, teach, supernet, adapters = dna.build_supernet(cfg, ctx.device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    runner = dna.DistillRunner(teach, supernet).to(ctx.device, memory_format=fmt)
+    runner = dna.DistillRunner(teach, supernet, adapters).to(ctx.device, memory_format=fmt)
     teach.eval()
     supernet.train()
     blocks = list(range(len(space_obj.blocks)))
-    optimizer = dna._optimizer(cfg, supernet, blocks)
+    optimizer = dna._optimizer(cfg, supernet, adapters, blocks)
     images = torch.randn(batch, 3, img_size, img_size, device=ctx.device).to(memory_format=fmt)
 
     def step(i: int) -> None:
@@ -128,18 +128,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('--no-amp', action='store_true')
     parser.add_argument('--no-channels-last', action='store_true')
     parser.add_argument('--json', help='also write the result here')
-    args = parser.parse_args(argv)
-    result = benchmark_dna(
-        args.space,
-        args.teacher,
-        args.img_size,
-        args.batch,
-        args.steps,
-        args.warmup,
-        args.device,
-        not args.no_amp,
-        not args.no_channels_last,
+    parser.add_argument(
+        '--mode',
+        choices=['throughput', 'overhead', 'dfs'],
+        default='throughput',
+        help='throughput (default), the engine overhead per step on the CPU, or DFS rating vs each path',
     )
+    args = parser.parse_args(argv)
+    if args.mode != 'throughput':
+        from .bench_engine import dfs_speedup, engine_overhead
+
+        result = engine_overhead() if args.mode == 'overhead' else dfs_speedup()
+    else:
+        result = benchmark_dna(
+            args.space,
+            args.teacher,
+            args.img_size,
+            args.batch,
+            args.steps,
+            args.warmup,
+            args.device,
+            not args.no_amp,
+            not args.no_channels_last,
+        )
     text = json.dumps(result, indent=1)
     print(text)
     if args.json:

@@ -33,6 +33,7 @@ __all__ = [
     'maybe_fault',
     'progress',
     'reseed_step',
+    'run',
     'save_checkpoint',
 ]
 
@@ -150,3 +151,27 @@ def timer(record: dict, key: str, device: torch.device) -> Iterator[None]:
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
     record[key] = record.get(key, 0.0) + time.perf_counter() - start
+
+
+# -- the staged pipeline ------------------------------------------------------------------------------------------
+def run(
+    method: Any,
+    config: Any,
+    stages: tuple[str, ...] = ('train', 'rate', 'search'),
+    ctx: DistContext | None = None,
+    resume: bool = False,
+) -> list[dict]:
+    """Run ``method`` (a registry name, a method class or instance) on ``config`` through ``stages``.
+
+    Returns the found architectures (spec + provenance, best first) on the main process, ``[]`` elsewhere. The loop,
+    checkpoints and outputs are :mod:`search.pipeline`'s; drivers that chain whole searches (DNA+) run themselves.
+    """
+    from . import pipeline
+    from .methods import get_method
+
+    cls = get_method(method) if isinstance(method, str) else method
+    instance = cls(config) if isinstance(cls, type) else cls
+    ctx = ctx or init_distributed(getattr(config, 'device', 'auto'))
+    if not getattr(instance, 'staged', True):
+        return instance.drive(ctx, resume)
+    return pipeline.run(instance, ctx, stages=stages, resume=resume)

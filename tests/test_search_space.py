@@ -66,17 +66,18 @@ def test_costs_add_up_to_the_built_network() -> None:
         arch = space.sample(g)
         macs, params = fixed_cost(space)
         width = space.ds_width
-        for k, choice in enumerate(arch):
+        for k, choice in enumerate(space.decode(arch)):
             m, p = choice_cost(space, k, width, choice)
             macs, params, width = macs + m, params + p, space.widths(arch)[k]
         net = timm.create_model('mbconv', spec=space.to_spec(arch))
         assert (macs, params) == (count_macs(net, (3, 32, 32)), count_params(net))
+        assert (space.cost(arch, 'macs'), space.cost(arch, 'params')) == (macs, params)
 
 
 @pytest.fixture(scope='module')
 def tiny_supernet() -> MBConvSupernet:
     torch.manual_seed(0)
-    net = MBConvSupernet('tiny', [24, 32, 48, 64])
+    net = MBConvSupernet('tiny')
     # non-trivial BN statistics, so that equality is not an accident of fresh buffers
     for m in net.modules():
         if isinstance(m, nn.BatchNorm2d):
@@ -130,8 +131,10 @@ def test_bad_paths_and_spaces_are_named() -> None:
         MBConvSpace('bad', (space.blocks[0].__class__(2, (space.blocks[0].cells[0].__class__(1, 12),)),))
     with pytest.raises(KeyError, match='unknown MBConv space'):
         get_space('nope')
+    from search.methods.dna import DNAAdapters
+
     with pytest.raises(ValueError, match='teacher gives 2 features'):
-        MBConvSupernet('tiny', [8, 8])
+        DNAAdapters(space, [8, 8])
 
 
 def _naive(layer, depth, ops, calib, evals):  # every path on its own, as the official code rates

@@ -139,7 +139,7 @@ def search_chapter(out_dir: str | Path | None = None) -> str:
         '|---|---|---|---|',
     ]
     for item in found:
-        arch = '; '.join(f'{c}:{"-".join(ops)}' for c, ops in item['arch'])
+        arch = '; '.join(f'{c}:{"-".join(ops)}' for c, ops in item['choices'])
         lines.append(f'| {item["rank"]} | {item["score"]:.4f} | {item["cost"]:,.0f} | {arch} |')
     lines += [
         '',

@@ -1,6 +1,29 @@
-"""Supernet training methods: each trains a supernet of a search space and hands rated candidates to a strategy.
+"""Supernet training methods, one registry feeding the command line (``python -m search METHOD``).
 
-``dna`` (block-wise distillation), ``dna_plus`` (progressive teachers) and ``dna_pp`` (self-supervised, VICReg)
-share ``dna.train_supernet`` / ``dna.rate_blocks``; the engine (``search.engine``) gives them torchrun/DDP, AMP,
-checkpoints and logs.
+Adding a method is one line in :data:`METHODS`: its name and ``'module:attribute'``, where the attribute is a
+class implementing :class:`~search.protocols.Method` whose ``config_class`` is its config dataclass (a YAML file of
+configs/search/ maps onto it), or a driver with ``config_class`` and ``run(cfg, ctx, resume, stages)`` (DNA+,
+which chains whole searches). Modules are imported only when their method runs.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = ['METHODS', 'get_method']
+
+METHODS: dict[str, str] = {
+    'dna': 'search.methods.dna:DNA',
+    'dna_plus': 'search.methods.dna_plus:DNAPlus',
+    'dna_pp': 'search.methods.dna_pp:DNAPP',
+    'spos': 'search.methods.spos:SPOS',
+}
+
+
+def get_method(name: str) -> Any:
+    """The method class registered as ``name``; an unknown name lists the known ones."""
+    if name not in METHODS:
+        raise KeyError(f'unknown search method {name!r}; known: {sorted(METHODS)}')
+    module, attr = METHODS[name].split(':')
+    return getattr(importlib.import_module(module), attr)

@@ -18,18 +18,17 @@ and 4.3; facts and decisions in specs/dna.md. Three stages, each resumable and e
 Decisions where the paper is silent or the official code differs (docs/search.md lists them all): the teacher's BN
 statistics are re-estimated at the search resolution and then frozen (the code runs the teacher in train mode,
 so its targets depend on the batch); all cells of a block are trained in every step, each on its own sampled
-path ("in parallel", section 3.3); adapters instead of teacher-width boundary layers (search/spaces/mbconv.py).
+path ("in parallel", section 3.3); adapters instead of teacher-width boundary layers (:class:`DNAAdapters`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,93 +38,82 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from .. import data as data_lib
-from .. import engine
-from ..emit import write_spec
-from ..spaces.mbconv import BlockChoice, MBConvSpace, MBConvSupernet, choice_cost, fixed_cost, get_space
+from .. import engine, pipeline
+from ..config import ConfigError, SearchConfig
+from ..protocols import Found
+from ..spaces.mbconv import (
+    PAPER_FLOPS_FACTOR,
+    BlockChoice,
+    MBConvSpace,
+    MBConvSupernet,
+    choice_cost,
+    fixed_cost,
+    get_space,
+)
 from ..strategies.traversal import dfs_paths, recalibrate_bn
 from .teacher import BlockTeacher, build_teacher
 
 __all__ = [
+    'DNA',
     'PAPER_FLOPS_FACTOR',
+    'BlockRater',
+    'BudgetedSearcher',
+    'DNAAdapters',
     'DNAConfig',
     'build_supernet',
-    'rate_blocks',
+    'cached_ratings',
     'run',
     'search',
-    'train_supernet',
+    'teacher_features',
 ]
-
-#: The DNA paper's FLOPs are conv + FC MACs x ~1.034 (BN/activation work; zoo/catalog.py DNA_RULE).
-PAPER_FLOPS_FACTOR = 1.034
 
 
 @dataclass
-class DNAConfig:
+class DNAConfig(SearchConfig):
     """Every option of a DNA run (a YAML file of configs/search/ maps onto it; CLI flags override)."""
 
-    data_dir: str = ''
     output: str = 'runs/dna'
     space: str = 'dna'
-    teacher: str = 'tf_efficientnet_b7'
+    teacher: str = 'tf_efficientnet_b7.aa_in1k'  # the official teacher: AutoAugment ImageNet weights, not JFT
     teacher_pretrained: bool = True
     teacher_split: str = 'auto'
     teacher_kwargs: dict = field(default_factory=dict)  # e.g. {'spec': {...}} for a zoo 'mbconv' teacher (DNA+)
     teacher_checkpoint: str | None = None  # safetensors weights for the teacher (DNA+: the retrained generation)
     teacher_bn: str = 'recalibrate'  # 'recalibrate' (then frozen), 'eval' (as loaded) or 'train' (official code)
-    img_size: int = 224
-    epochs: int = 20
-    batch_size: int = 512  # global, over all ranks and accumulation steps (official: 64 x 8 GPUs)
-    grad_accum: int = 1
     lr: tuple[float, ...] = (0.002, 0.005, 0.005, 0.005, 0.005, 0.002)
     lr_decay: float = 0.9
     weight_decay: float = 1e-4
-    blocks: tuple[int, ...] | None = None
     all_cells: bool = True
-    seed: int = 42
-    amp: bool = True
     compile_teacher: bool = False
-    workers: int = 8
-    ckpt_every: int = 500
-    holdout_per_class: int = 50
     calib_batches: int = 1
-    rating_images: int = 1024
+    rating_images: int = 2048  # held-out images kept on the device; the official code rates 19 x 64 x 8 = 9728
     rating_batch: int = 128
-    metric: str = 'flops'
-    budget: float | None = None
-    top_k: int = 5
     latency_batch: int = 1
-    device: str = 'auto'
-    tensorboard: bool = False
     train_aug: dict = field(default_factory=lambda: {'color_jitter': 0.4, 're_prob': 0.5, 're_mode': 'pixel'})
 
     def __post_init__(self) -> None:
-        self.lr = tuple(float(x) for x in (self.lr if isinstance(self.lr, (list, tuple)) else [self.lr]))
-        if self.blocks is not None:
-            self.blocks = tuple(int(b) for b in self.blocks)
+        lr = self.lr if isinstance(self.lr, (list, tuple)) else [self.lr]
+        if not lr or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in lr):
+            raise ConfigError(f'lr={self.lr!r}: expected a float or a list of floats (one per block)')
+        self.lr = tuple(float(x) for x in lr)
+        super().__post_init__()
         if self.teacher_bn not in ('recalibrate', 'eval', 'train'):
-            raise ValueError(f'teacher_bn {self.teacher_bn!r}: expected "recalibrate", "eval" or "train"')
-        if self.metric not in ('flops', 'macs', 'params', 'latency'):
-            raise ValueError(f'metric {self.metric!r}: expected "flops", "macs", "params" or "latency"')
-
-    @property
-    def out(self) -> Path:
-        return Path(self.output)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+            raise ConfigError(f'teacher_bn {self.teacher_bn!r}: expected "recalibrate", "eval" or "train"')
+        for name in ('calib_batches', 'rating_images', 'rating_batch', 'latency_batch'):
+            if getattr(self, name) < 1:
+                raise ConfigError(f'{name} must be >= 1, got {getattr(self, name)}')
 
 
 # -- building -----------------------------------------------------------------------------------------------------
 def _space(cfg: DNAConfig) -> MBConvSpace:
     """The configured space at the configured resolution (costs depend on it)."""
-    space = get_space(cfg.space)
-    return replace(space, img_size=cfg.img_size) if space.img_size != cfg.img_size else space
+    return get_space(cfg.space, img_size=cfg.img_size)
 
 
 def build_supernet(
     cfg: DNAConfig, device: torch.device, trainable_teacher: bool = False
-) -> tuple[MBConvSpace, BlockTeacher, MBConvSupernet]:
-    """Space, teacher and supernet, with the teacher's stages checked against the space's blocks."""
+) -> tuple[MBConvSpace, BlockTeacher, MBConvSupernet, DNAAdapters]:
+    """Space, teacher, supernet and DNA's adapters, with the teacher's stages checked against the space's blocks."""
     space = _space(cfg)
     torch.manual_seed(engine.derive_seed(cfg.seed, 'teacher-init'))  # a teacher without weights is still reproducible
     teacher = build_teacher(
@@ -144,12 +132,57 @@ def build_supernet(
             '(or a teacher_split that gives them)'
         )
     torch.manual_seed(engine.derive_seed(cfg.seed, 'init'))
-    supernet = MBConvSupernet(space, channels).to(device)
-    return space, teacher, supernet
+    supernet = MBConvSupernet(space).to(device)
+    adapters = DNAAdapters(space, channels).to(device)
+    return space, teacher, supernet, adapters
 
 
-def _block_params(supernet: MBConvSupernet, k: int) -> list[nn.Parameter]:
-    mods: list[nn.Module] = [supernet.blocks[k], supernet.in_adapters[k], supernet.out_adapters[k]]
+def _adapter(in_chs: int, out_chs: int) -> nn.Sequential:
+    """1x1 conv + BN (no activation: MBConv outputs are linear bottlenecks)."""
+    return nn.Sequential(nn.Conv2d(in_chs, out_chs, 1, bias=False), nn.BatchNorm2d(out_chs))
+
+
+class DNAAdapters(nn.Module):
+    """DNA's maps between the teacher's widths and the space's, part of the method and of no emitted network.
+
+    The official supernet makes the last layer of each block output the teacher's width and feeds the next block the
+    teacher's tensor, so its paths differ from the final networks at every block boundary. Here every layer has its
+    final width; ``inputs[k][str(w)]`` maps the teacher's feature ``k - 1`` to block ``k``'s input width ``w`` and
+    ``outputs[k][cell]`` maps a cell's output to the teacher's width ``k`` for the loss (1x1 conv + BN, shared by
+    all paths of a cell). Block 0 receives the image through the supernet's fixed stem and DS layer.
+    """
+
+    def __init__(self, space: MBConvSpace, teacher_channels: Sequence[int]) -> None:
+        super().__init__()
+        if len(teacher_channels) != len(space.blocks):
+            raise ValueError(
+                f'space {space.name!r} has {len(space.blocks)} blocks but the teacher gives '
+                f'{len(teacher_channels)} features {list(teacher_channels)}'
+            )
+        self.teacher_channels = list(teacher_channels)
+        self.inputs = nn.ModuleList()
+        self.outputs = nn.ModuleList()
+        for k, block in enumerate(space.blocks):
+            widths = space.in_widths(k) if k else ()
+            self.inputs.append(nn.ModuleDict({str(w): _adapter(teacher_channels[k - 1], w) for w in widths}))
+            self.outputs.append(nn.ModuleList(_adapter(c.width, teacher_channels[k]) for c in block.cells))
+
+    def block_input(self, supernet: MBConvSupernet, k: int, x: torch.Tensor, in_width: int) -> torch.Tensor:
+        """The input of block ``k``: the image through stem + DS (k = 0), else the adapted teacher feature."""
+        return supernet.stem(x) if k == 0 else self.inputs[k][str(in_width)](x)
+
+    def forward_block(
+        self, supernet: MBConvSupernet, k: int, x: torch.Tensor, in_width: int, choice: BlockChoice
+    ) -> torch.Tensor:
+        """Block ``k`` on a path, mapped to the teacher's width (what the distillation loss compares)."""
+        h = self.block_input(supernet, k, x, in_width)
+        for layer in supernet.path_layers(k, in_width, choice):
+            h = layer(h)
+        return self.outputs[k][choice.cell](h)
+
+
+def _block_params(supernet: MBConvSupernet, adapters: DNAAdapters, k: int) -> list[nn.Parameter]:
+    mods: list[nn.Module] = [supernet.blocks[k], adapters.inputs[k], adapters.outputs[k]]
     if k == 0:
         mods += [supernet.conv_stem, supernet.bn1, supernet.ds]
     return [p for m in mods for p in m.parameters()]
@@ -165,41 +198,19 @@ def block_lrs(lr: Sequence[float], num_blocks: int) -> list[float]:
     return [lr[0] if k in (0, num_blocks - 1) else inner for k in range(num_blocks)]
 
 
-def _optimizer(cfg: DNAConfig, supernet: MBConvSupernet, blocks: Sequence[int]) -> torch.optim.Optimizer:
+def _optimizer(
+    cfg: DNAConfig, supernet: MBConvSupernet, adapters: DNAAdapters, blocks: Sequence[int]
+) -> torch.optim.Optimizer:
     """Adam, one pair of parameter groups per block (its own lr; no weight decay on BN weights and biases)."""
     lrs = block_lrs(cfg.lr, len(supernet.space.blocks))
     groups = []
     for k in blocks:
-        params = _block_params(supernet, k)
+        params = _block_params(supernet, adapters, k)
         decay = [p for p in params if p.ndim > 1]
         no_decay = [p for p in params if p.ndim <= 1]
         groups.append({'params': decay, 'lr': lrs[k], 'weight_decay': cfg.weight_decay, 'block': k})
         groups.append({'params': no_decay, 'lr': lrs[k], 'weight_decay': 0.0, 'block': k})
     return torch.optim.Adam(groups, eps=1e-8)
-
-
-def _train_loader(
-    cfg: DNAConfig, split: dict, ctx: engine.DistContext, epoch: int, start: int, transform: Any
-) -> DataLoader:
-    base = data_lib.image_folder(Path(cfg.data_dir) / 'train', transform)
-    dataset = data_lib.SeededSamples(base, split['train'], cfg.seed)
-    sampler = data_lib.GlobalBatchSampler(
-        len(dataset),
-        cfg.batch_size,
-        cfg.seed,
-        epoch,
-        ctx.rank,
-        ctx.world_size,
-        cfg.grad_accum,
-        start_step=start,
-    )
-    return DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        num_workers=cfg.workers,
-        pin_memory=ctx.device.type == 'cuda',
-        persistent_workers=False,
-    )
 
 
 @functools.lru_cache(maxsize=4)
@@ -214,12 +225,6 @@ def _eval_batches(cfg: DNAConfig, indices: Sequence[int], device: torch.device) 
     subset = torch.utils.data.Subset(base, list(indices))
     loader = DataLoader(subset, batch_size=cfg.rating_batch, num_workers=min(cfg.workers, 4), shuffle=False)
     return [x.to(device, non_blocking=True) for x, _ in loader]
-
-
-def _split(cfg: DNAConfig) -> dict:
-    return data_lib.holdout_split(
-        Path(cfg.data_dir) / 'train', cfg.holdout_per_class, cfg.seed, cfg.out / 'holdout_split.json'
-    )
 
 
 def _prepare_teacher(cfg: DNAConfig, teacher: BlockTeacher, split: dict, device: torch.device) -> None:
@@ -254,10 +259,11 @@ def sample_paths(
 class DistillRunner(nn.Module):
     """What DDP wraps for DNA: the frozen teacher and the supernet; ``forward`` returns one MSE per path (Eq. 5)."""
 
-    def __init__(self, teacher: BlockTeacher, supernet: MBConvSupernet) -> None:
+    def __init__(self, teacher: BlockTeacher, supernet: MBConvSupernet, adapters: DNAAdapters) -> None:
         super().__init__()
         self.teacher = teacher
         self.supernet = supernet
+        self.adapters = adapters
 
     def forward(self, image: torch.Tensor, paths: list) -> list[torch.Tensor]:
         with torch.no_grad():
@@ -265,297 +271,258 @@ class DistillRunner(nn.Module):
         losses = []
         for k, w, choice in paths:
             x = image if k == 0 else feats[k - 1]
-            y = self.supernet.forward_block(k, x, w, choice)
+            y = self.adapters.forward_block(self.supernet, k, x, w, choice)
             losses.append(F.mse_loss(y.float(), feats[k].float()))
         return losses
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        """What a checkpoint keeps: the supernet (the teacher is rebuilt from its name)."""
-        return {f'supernet.{k}': v for k, v in self.supernet.state_dict().items()}
+        """What a checkpoint keeps: the supernet and the adapters (the teacher is rebuilt from its name)."""
+        out = {f'supernet.{k}': v for k, v in self.supernet.state_dict().items()}
+        out.update({f'adapters.{k}': v for k, v in self.adapters.state_dict().items()})
+        return out
 
 
-class DistillObjective:
-    """DNA's training objective: the pieces of :func:`train_supernet` that DNA++ replaces."""
+@torch.no_grad()
+def teacher_features(teacher: BlockTeacher, batches: Sequence[torch.Tensor], batch_stats: bool) -> list:
+    """The teacher's block features of each batch for rating, in fp32 (autocast off, whatever the run's AMP).
 
-    name = 'dna'
-
-    def runner(self, cfg: DNAConfig, teacher: BlockTeacher, supernet: MBConvSupernet) -> nn.Module:
-        return DistillRunner(teacher, supernet)
-
-    def optimizer(self, cfg: DNAConfig, runner: nn.Module, blocks: Sequence[int], steps_per_epoch: int) -> tuple:
-        """Adam + timm's step schedule (x ``lr_decay`` per epoch); returns (optimizer, scheduler, per_step)."""
-        from timm.scheduler import StepLRScheduler
-
-        optimizer = _optimizer(cfg, runner.supernet, blocks)
-        return optimizer, StepLRScheduler(optimizer, decay_t=1, decay_rate=cfg.lr_decay), False
-
-    def transform(self, cfg: DNAConfig) -> Any:
-        return data_lib.build_transform(cfg.img_size, training=True, **cfg.train_aug)
-
-    def teacher_trainable(self, cfg: DNAConfig) -> bool:
-        return False
-
-    def rating_head(self, runner: nn.Module, k: int, cell: int) -> nn.Module:
-        """What follows a rated path: the cell's output adapter to the teacher's width."""
-        return runner.supernet.out_adapters[k][cell]
-
-    def rating_target(self, runner: nn.Module, k: int, feature: torch.Tensor) -> torch.Tensor:
-        return feature
-
-
-def train_supernet(cfg: DNAConfig, ctx: engine.DistContext, resume: bool = False, objective: Any = None) -> Path:
-    """Train the supernet; returns the final checkpoint. ``resume`` continues from ``<output>/checkpoints/last.pt``.
-
-    ``objective`` supplies the loss module, optimizer and augmentation (:class:`DistillObjective` by default; DNA++
-    passes its self-supervised one); the loop, data order, path sampling and checkpoints are shared.
+    ``batch_stats`` (``teacher_bn: train``): BN normalises each batch with its own statistics, as the training
+    targets did (the official code's per-batch BN), without touching the running statistics.
     """
-    objective = objective or DistillObjective()
-    out = cfg.out
-    ckpt_path = checkpoint_path(cfg)
-    space, teacher, supernet = build_supernet(cfg, ctx.device, trainable_teacher=objective.teacher_trainable(cfg))
-    blocks = list(cfg.blocks) if cfg.blocks is not None else list(range(len(space.blocks)))
-    bad = [k for k in blocks if not 0 <= k < len(space.blocks)]
-    if bad:
-        raise ValueError(f'blocks {bad} do not exist: space {space.name!r} has blocks 0..{len(space.blocks) - 1}')
-    split = _split(cfg) if ctx.is_main else None
-    ctx.barrier()
-    split = split or _split(cfg)
-    if not objective.teacher_trainable(cfg):
-        _prepare_teacher(cfg, teacher, split, ctx.device)
-    if cfg.compile_teacher:
-        teacher.model = torch.compile(teacher.model)
-    runner = objective.runner(cfg, teacher, supernet).to(ctx.device)
-    steps_per_epoch = len(split['train']) // cfg.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f'{len(split["train"])} training images cannot fill one batch of {cfg.batch_size}')
-    optimizer, scheduler, per_step = objective.optimizer(cfg, runner, blocks, steps_per_epoch)
-    total = steps_per_epoch * cfg.epochs
-    step = 0
-    if resume and ckpt_path.is_file():
-        state = engine.load_checkpoint(ckpt_path, ctx.device)
-        written = json.loads(state['config'])
-        if written['space'] != cfg.space or state.get('objective') != objective.name:
-            raise ValueError(
-                f'{ckpt_path} was written by {state.get("objective")!r} for space {written["space"]!r}, '
-                f'not by {objective.name!r} for {cfg.space!r}'
-            )
-        missing, unexpected = runner.load_state_dict(state['model'], strict=False)
-        if unexpected or [m for m in missing if m in runner.trainable_state()]:
-            raise RuntimeError(f'{ckpt_path} does not fit the supernet: unexpected {unexpected[:5]}')
-        optimizer.load_state_dict(state['optimizer'])
-        scheduler.load_state_dict(state['scheduler'])
-        step = int(state['step'])
-    elif resume and ctx.is_main:
-        print(f'no checkpoint at {ckpt_path}: starting from scratch')
-    model: nn.Module = runner
-    if ctx.distributed:
-        ids = [ctx.device.index] if ctx.device.type == 'cuda' else None
-        model = nn.parallel.DistributedDataParallel(runner, device_ids=ids, find_unused_parameters=True)
-    log = engine.JsonlLogger(out / 'train_log.jsonl', ctx.is_main, cfg.tensorboard)
-    bar = engine.progress(total=total, initial=step, enabled=ctx.is_main, desc=f'{objective.name} supernet')
-    supernet.train()
-    if objective.teacher_trainable(cfg):
-        teacher.train()
-    elif cfg.teacher_bn != 'train':
+    bns = [m for m in teacher.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [bn.momentum for bn in bns]
+    device = batches[0].device if batches else torch.device('cpu')
+    try:
+        if batch_stats:
+            for bn in bns:
+                bn.momentum = 0.0
+        teacher.train(batch_stats)
+        with torch.autocast(device.type, enabled=False):
+            return [[f.float() for f in teacher(x.float())] for x in batches]
+    finally:
+        for bn, momentum in zip(bns, saved, strict=True):
+            bn.momentum = momentum
         teacher.eval()
-    while step < total:
-        epoch, start = divmod(step, steps_per_epoch)
-        if not per_step:
-            scheduler.step(epoch)
-        loader = _train_loader(cfg, split, ctx, epoch, start, objective.transform(cfg))
-        it = iter(loader)
-        for _ in range(start, steps_per_epoch):
-            if per_step:
-                scheduler.step_update(step)
-            timing: dict[str, float] = {}
-            engine.reseed_step(cfg.seed, step, ctx.rank)
-            paths = sample_paths(space, blocks, cfg.seed, step, cfg.all_cells)
-            block_losses = None
-            t0 = time.perf_counter()
-            for a in range(cfg.grad_accum):
-                with engine.timer(timing, 'data_s', ctx.device):
-                    image, _ = next(it)
-                    image = _to_device(image, ctx.device)
-                sync = a == cfg.grad_accum - 1 or not ctx.distributed
-                with engine.timer(timing, 'compute_s', ctx.device):
-                    no_sync = model.no_sync() if not sync else contextlib.nullcontext()
-                    with no_sync, engine.autocast(ctx.device, cfg.amp):
-                        losses = model(image, paths)
-                        loss = torch.stack(losses).sum() / cfg.grad_accum
-                    loss.backward()
-                parts = torch.stack([x.detach().float().cpu() for x in losses]) / cfg.grad_accum
-                block_losses = parts if block_losses is None else block_losses + parts
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if ctx.device.type == 'cuda':
-                torch.cuda.synchronize(ctx.device)
-            step += 1
-            elapsed = time.perf_counter() - t0
-            if ctx.is_main:
-                named = getattr(runner, 'loss_names', None)
-                names = named(paths) if named else [f'loss_block{k}' for k, _, _ in paths]
-                per_block: dict[str, float] = {}
-                for name, value in zip(names, block_losses.tolist(), strict=True):
-                    per_block[name] = per_block.get(name, 0.0) + value
-                log.log(
-                    step=step,
-                    epoch=epoch,
-                    loss=float(block_losses.sum()),
-                    lr=[g['lr'] for g in optimizer.param_groups[::2]],
-                    img_per_s=cfg.batch_size / elapsed,
-                    step_s=elapsed,
-                    **per_block,
-                    **timing,
-                )
-                bar.set_postfix(loss=f'{float(block_losses.sum()):.4f}', epoch=epoch)
-            bar.update(1)
-            if step % cfg.ckpt_every == 0 or step % steps_per_epoch == 0 or step == total:
-                if ctx.is_main:
-                    state = {
-                        'step': step,
-                        'epoch': epoch,
-                        'objective': objective.name,
-                        'model': runner.trainable_state(),
-                        'optimizer': optimizer.state_dict(),
-                        'scheduler': scheduler.state_dict(),
-                        'config': cfg.to_json(),
-                    }
-                    engine.save_checkpoint(state, ckpt_path)
-                ctx.barrier()
-                engine.maybe_fault(step)
-    bar.close()
-    log.close()
-    if ctx.is_main and not ckpt_path.is_file():
-        raise RuntimeError(f'{ckpt_path} is missing')
-    return ckpt_path
-
-
-def _to_device(x: Any, device: torch.device) -> Any:
-    if isinstance(x, (list, tuple)):
-        return type(x)(_to_device(v, device) for v in x)
-    return x.to(device, non_blocking=True)
-
-
-def checkpoint_path(cfg: DNAConfig) -> Path:
-    """``checkpoints/last.pt`` for a run over all blocks; ``checkpoints/blocks<k>[-<j>...].pt`` for a block job."""
-    if cfg.blocks is None:
-        return cfg.out / 'checkpoints' / 'last.pt'
-    return cfg.out / 'checkpoints' / f'blocks{"-".join(str(k) for k in sorted(cfg.blocks))}.pt'
 
 
 def _block_prefixes(k: int) -> tuple[str, ...]:
-    prefixes = (f'supernet.blocks.{k}.', f'supernet.in_adapters.{k}.', f'supernet.out_adapters.{k}.')
+    prefixes = (f'supernet.blocks.{k}.', f'adapters.inputs.{k}.', f'adapters.outputs.{k}.')
     if k == 0:
         prefixes += ('supernet.conv_stem.', 'supernet.bn1.', 'supernet.ds.')
     return prefixes
 
 
-def _merged_state(cfg: DNAConfig, device: torch.device, num_blocks: int) -> tuple[dict, list[Path]]:
-    """One state from ``last.pt``, or from the block jobs' checkpoints (each contributes the blocks it trained)."""
-    folder = cfg.out / 'checkpoints'
-    if (folder / 'last.pt').is_file():
-        return engine.load_checkpoint(folder / 'last.pt', device), [folder / 'last.pt']
-    files = sorted(folder.glob('blocks*.pt'))
-    if not files:
-        raise FileNotFoundError(f'no supernet checkpoint in {folder} (last.pt or blocks<k>.pt): train first')
-    model: dict[str, torch.Tensor] = {}
-    covered: dict[int, Path] = {}
-    steps = []
-    for path in files:
-        state = engine.load_checkpoint(path, device)
-        blocks = json.loads(state['config'])['blocks']
-        for k in blocks:
-            if k in covered:
-                raise ValueError(f'block {k} was trained by both {covered[k].name} and {path.name}')
-            covered[k] = path
-            model.update({n: t for n, t in state['model'].items() if n.startswith(_block_prefixes(k))})
-        steps.append(int(state['step']))
-    missing = [k for k in range(num_blocks) if k not in covered]
-    if missing:
-        raise FileNotFoundError(f'blocks {missing} have no checkpoint in {folder} (found {[f.name for f in files]})')
-    return {'model': model, 'step': sum(steps), 'objective': state.get('objective')}, files
+# -- the method ---------------------------------------------------------------------------------------------------
+class DNA:
+    """DNA as a :class:`~search.protocols.Method`: block-wise distillation from a frozen teacher.
 
-
-def load_trained(
-    cfg: DNAConfig, ctx: engine.DistContext, checkpoint: Path | None = None, objective: Any = None
-) -> tuple:
-    """(space, teacher, runner, state) of a trained supernet, in eval mode.
-
-    Reads ``checkpoint`` if given, else ``last.pt``, else merges the checkpoints of independent block jobs.
+    Each step trains every block (or the ``--block`` ones) on its own sampled path per cell; the rater scores every
+    candidate of every block (:class:`BlockRater`); the searcher is the exact budgeted search
+    (:class:`BudgetedSearcher`). DNA++ (:class:`search.methods.dna_pp.DNAPP`) overrides the runner, optimizer,
+    augmentation and rating head.
     """
-    objective = objective or DistillObjective()
-    space, teacher, supernet = build_supernet(cfg, ctx.device, trainable_teacher=objective.teacher_trainable(cfg))
-    if checkpoint is not None:
-        state, files = engine.load_checkpoint(checkpoint, ctx.device), [checkpoint]
-    else:
-        state, files = _merged_state(cfg, ctx.device, len(space.blocks))
-    runner = objective.runner(cfg, teacher, supernet).to(ctx.device)
-    missing, unexpected = runner.load_state_dict(state['model'], strict=False)
-    missing = [m for m in missing if m in runner.trainable_state()]
-    if unexpected or missing:
-        names = ', '.join(str(f) for f in files)
-        raise RuntimeError(f'{names} does not fit this supernet: missing {missing[:5]}, unexpected {unexpected[:5]}')
-    return space, teacher, runner.eval(), state
+
+    name = 'dna'
+    config_class: type = DNAConfig
+    groups_per_lr = 2  # parameter groups per logged learning rate (decay / no-decay pairs)
+    schedule_epoch_offset = 1  # the official code steps its scheduler with epochs counted from 1 (docs/search.md)
+    zero_grad_to_none = False  # official: gradients zeroed, so Adam keeps moving ops not sampled in a step
+
+    def __init__(self, cfg: DNAConfig) -> None:
+        self.cfg = cfg
+        self.space = _space(cfg)
+        self.num_blocks = len(self.space.blocks)
+        self.blocks = list(cfg.blocks) if cfg.blocks is not None else list(range(self.num_blocks))
+        bad = [k for k in self.blocks if not 0 <= k < self.num_blocks]
+        if bad:
+            raise ConfigError(
+                f'blocks {bad} do not exist: space {self.space.name!r} has blocks 0..{self.num_blocks - 1}'
+            )
+        self.teacher: BlockTeacher | None = None
+        self.supernet: MBConvSupernet | None = None
+        self.runner: nn.Module | None = None
+
+    # -- state
+    def teacher_trainable(self) -> bool:
+        return False
+
+    def make_runner(self, teacher: BlockTeacher, supernet: MBConvSupernet, adapters: DNAAdapters) -> nn.Module:
+        return DistillRunner(teacher, supernet, adapters)
+
+    def build(self, ctx: engine.DistContext, split: dict) -> nn.Module:
+        """Teacher (BN prepared on ``split``), supernet and the module DDP wraps."""
+        cfg = self.cfg
+        _, self.teacher, self.supernet, self.adapters = build_supernet(cfg, ctx.device, self.teacher_trainable())
+        if not self.teacher_trainable():
+            _prepare_teacher(cfg, self.teacher, split, ctx.device)
+        self.runner = self.make_runner(self.teacher, self.supernet, self.adapters).to(ctx.device)
+        return self.runner
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return self.runner.trainable_state()
+
+    def train_mode(self) -> None:
+        if self.cfg.compile_teacher:
+            self.teacher.model = torch.compile(self.teacher.model)
+        self.supernet.train()
+        if self.teacher_trainable():
+            self.teacher.train()
+        elif self.cfg.teacher_bn != 'train':
+            self.teacher.eval()
+
+    def optimizer(self, steps_per_epoch: int) -> tuple:
+        """Adam + timm's step schedule (x ``lr_decay`` per epoch); returns (optimizer, scheduler, per_step)."""
+        from timm.scheduler import StepLRScheduler
+
+        optimizer = _optimizer(self.cfg, self.supernet, self.adapters, self.blocks)
+        return optimizer, StepLRScheduler(optimizer, decay_t=1, decay_rate=self.cfg.lr_decay), False
+
+    def transform(self) -> Any:
+        return data_lib.build_transform(self.cfg.img_size, training=True, **self.cfg.train_aug)
+
+    # -- one step
+    def sample_paths(self, step: int) -> list[tuple[int, int, BlockChoice]]:
+        return sample_paths(self.space, self.blocks, self.cfg.seed, step, self.cfg.all_cells)
+
+    def train_step(self, images: Any, labels: torch.Tensor, paths: list, ctx: Any) -> dict[str, torch.Tensor]:
+        """One loss per path (labels unused: the teacher supervises); one backward of their sum."""
+        losses = ctx.model(images, paths)
+        ctx.backward(torch.stack(losses).sum())
+        out: dict[str, torch.Tensor] = {}
+        for (k, _, _), loss in zip(paths, losses, strict=True):
+            name = f'loss_block{k}'
+            out[name] = out.get(name, 0.0) + loss.detach().float()
+        return out
+
+    def after_step(self, step: int) -> None:
+        """Nothing: DNA's teacher is frozen."""
+
+    # -- rating and search
+    def block_prefixes(self, k: int) -> tuple[str, ...]:
+        return _block_prefixes(k)
+
+    def rating_head(self, k: int, cell: int) -> nn.Module:
+        """What follows a rated path: the cell's output adapter to the teacher's width."""
+        return self.adapters.outputs[k][cell]
+
+    def rating_target(self, k: int, feature: torch.Tensor) -> torch.Tensor:
+        return feature
+
+    def rater(self, ctx: engine.DistContext) -> BlockRater:
+        return BlockRater(self, ctx)
+
+    def searcher(self, device: torch.device) -> BudgetedSearcher:
+        return BudgetedSearcher(self.cfg, device)
+
+    def provenance(self) -> dict[str, Any]:
+        return {'teacher': self.cfg.teacher}
 
 
 # -- 2. rating ----------------------------------------------------------------------------------------------------
-def _rating_fingerprint(cfg: DNAConfig, state: dict) -> str:
+class BlockRater:
+    """Every candidate of every block scored by the relative L1 of Eq. 7 (DFS with prefix sharing), cached in
+    ``ratings/block<k>.json`` under a fingerprint; the supernet and teacher are built only if a block is not cached."""
+
+    kind = 'block'
     keys = ('space', 'teacher', 'teacher_bn', 'img_size', 'seed', 'calib_batches', 'rating_images')
-    return json.dumps({'step': int(state['step']), **{k: getattr(cfg, k) for k in keys}}, sort_keys=True)
 
+    def __init__(self, method: DNA, ctx: engine.DistContext) -> None:
+        self.method, self.cfg, self.ctx = method, method.cfg, ctx
+        self._steps: dict[Path, int] = {}
 
-@torch.no_grad()
-def rate_blocks(
-    cfg: DNAConfig, ctx: engine.DistContext, checkpoint: Path | None = None, objective: Any = None
-) -> dict[int, list[dict]]:
-    """Score every candidate of every block; results cached as ``<output>/ratings/block<k>.json``."""
-    objective = objective or DistillObjective()
-    if checkpoint is None and cfg.blocks is not None and checkpoint_path(cfg).is_file():
-        checkpoint = checkpoint_path(cfg)  # a block job rates the blocks it trained
-    space, teacher, runner, state = load_trained(cfg, ctx, checkpoint, objective)
-    supernet = runner.supernet
-    split = _split(cfg)
-    if not objective.teacher_trainable(cfg):
-        _prepare_teacher(cfg, teacher, split, ctx.device)
-    teacher.eval()
-    fingerprint = _rating_fingerprint(cfg, state)
-    g = engine.generator(cfg.seed, 'rating-images')
-    holdout = [split['holdout'][i] for i in torch.randperm(len(split['holdout']), generator=g).tolist()]
-    holdout = holdout[: cfg.rating_images]
-    g = engine.generator(cfg.seed, 'rating-calibration')
-    calib_idx = torch.randperm(len(split['train']), generator=g)[: cfg.calib_batches * cfg.rating_batch].tolist()
-    eval_images = _eval_batches(cfg, holdout, ctx.device)
-    calib_images = _eval_batches(cfg, [split['train'][i] for i in calib_idx], ctx.device)
-    with engine.autocast(ctx.device, cfg.amp):
-        eval_feats = [[f.float() for f in teacher(x)] for x in eval_images]
-        calib_feats = [[f.float() for f in teacher(x)] for x in calib_images]
-    blocks = list(cfg.blocks) if cfg.blocks is not None else list(range(len(space.blocks)))
-    results: dict[int, list[dict]] = {}
-    for k in blocks:
-        path = cfg.out / 'ratings' / f'block{k}.json'
-        if path.is_file():
-            doc = json.loads(path.read_text())
-            if doc.get('fingerprint') == fingerprint:
-                results[k] = doc['candidates']
-                continue
-        start = time.perf_counter()
-        targets = [objective.rating_target(runner, k, f[k]).float() for f in eval_feats]
-        heads = [objective.rating_head(runner, k, c) for c in range(len(space.blocks[k].cells))]
-        rows = _rate_block(supernet, space, k, eval_images, calib_images, eval_feats, calib_feats, targets, heads, ctx)
-        rows = [r for part in ctx.all_gather_object(rows) for r in part]
-        rows.sort(key=lambda r: (r['in_width'], r['cell'], r['ops']))
-        results[k] = rows
-        if ctx.is_main:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            doc = {'fingerprint': fingerprint, 'block': k, 'seconds': time.perf_counter() - start, 'candidates': rows}
-            tmp = path.with_suffix('.tmp')
-            tmp.write_text(json.dumps(doc) + '\n')
-            tmp.replace(path)
-    return results
+    def fingerprint(self, k: int | None = None) -> str:
+        """The rating options and the step of the checkpoint holding block ``k`` (all blocks: ``last.pt``)."""
+        path = pipeline.block_checkpoint(self.cfg, 0 if k is None else k)
+        if path is None:
+            return ''
+        if path not in self._steps:
+            self._steps[path] = int(engine.load_checkpoint(path)['step'])
+        return json.dumps({'step': self._steps[path], **{x: getattr(self.cfg, x) for x in self.keys}}, sort_keys=True)
+
+    def _cached(self, k: int) -> list[dict] | None:
+        path = self.cfg.out / 'ratings' / f'block{k}.json'
+        if not path.is_file():
+            return None
+        doc = json.loads(path.read_text())
+        return doc['candidates'] if doc.get('fingerprint') == self.fingerprint(k) else None
+
+    def rate(self) -> dict[int, list[dict]] | None:
+        """Ratings of every block (this job's blocks rated or read from the cache, the others read from disk);
+        ``None`` when some block is not rated yet (block jobs still running)."""
+        results: dict[int, list[dict]] = {}
+        todo = []
+        for k in self.method.blocks:
+            rows = self._cached(k)
+            if rows is None:
+                todo.append(k)
+            else:
+                results[k] = rows
+        if todo:
+            results.update(self._rate(todo))
+        results = {**cached_ratings(self.cfg), **results}  # blocks rated by other (block) jobs
+        if any(k not in results for k in range(self.method.num_blocks)):
+            return None
+        return results
+
+    @torch.no_grad()
+    def _rate(self, blocks: Sequence[int]) -> dict[int, list[dict]]:
+        cfg, ctx, method = self.cfg, self.ctx, self.method
+        checkpoint = None
+        if cfg.blocks is not None and pipeline.checkpoint_path(cfg).is_file():
+            checkpoint = pipeline.checkpoint_path(cfg)  # a block job rates the blocks it trained
+        pipeline.load_trained(method, ctx, checkpoint)
+        teacher, supernet, space = method.teacher, method.supernet, method.space
+        split = pipeline.holdout_split(cfg, ctx)
+        teacher.eval()
+        g = engine.generator(cfg.seed, 'rating-images')
+        holdout = [split['holdout'][i] for i in torch.randperm(len(split['holdout']), generator=g).tolist()]
+        holdout = holdout[: cfg.rating_images]
+        g = engine.generator(cfg.seed, 'rating-calibration')
+        calib_idx = torch.randperm(len(split['train']), generator=g)[: cfg.calib_batches * cfg.rating_batch].tolist()
+        eval_images = _eval_batches(cfg, holdout, ctx.device)
+        calib_images = _eval_batches(cfg, [split['train'][i] for i in calib_idx], ctx.device)
+        batch_stats = cfg.teacher_bn == 'train' and not method.teacher_trainable()
+        eval_feats = teacher_features(teacher, eval_images, batch_stats)
+        calib_feats = teacher_features(teacher, calib_images, batch_stats)
+        results: dict[int, list[dict]] = {}
+        for k in blocks:
+            start = time.perf_counter()
+            targets = [method.rating_target(k, f[k]).float() for f in eval_feats]
+            heads = [method.rating_head(k, c) for c in range(len(space.blocks[k].cells))]
+            rows = _rate_block(
+                supernet,
+                method.adapters,
+                space,
+                k,
+                eval_images,
+                calib_images,
+                eval_feats,
+                calib_feats,
+                targets,
+                heads,
+                ctx,
+            )
+            rows = [r for part in ctx.all_gather_object(rows) for r in part]
+            rows.sort(key=lambda r: (r['in_width'], r['cell'], r['ops']))
+            results[k] = rows
+            if ctx.is_main:
+                path = cfg.out / 'ratings' / f'block{k}.json'
+                path.parent.mkdir(parents=True, exist_ok=True)
+                doc = {
+                    'fingerprint': self.fingerprint(k),
+                    'block': k,
+                    'seconds': time.perf_counter() - start,
+                    'candidates': rows,
+                }
+                tmp = path.with_suffix('.tmp')
+                tmp.write_text(json.dumps(doc) + '\n')
+                tmp.replace(path)
+        return results
 
 
 def _rate_block(
     supernet: MBConvSupernet,
+    adapters: DNAAdapters,
     space: MBConvSpace,
     k: int,
     eval_images: list[torch.Tensor],
@@ -579,12 +546,12 @@ def _rate_block(
     subtree = 0
     for w in space.in_widths(k):
         if k == 0:
-            stem = nn.Sequential(supernet.conv_stem, supernet.bn1, supernet.ds)
+            stem = nn.Sequential(supernet.conv_stem, supernet.bn1, supernet.ds)  # == supernet.stem
             recalibrate_bn(stem, calib_images)
             cal_in = [stem(x) for x in calib_images]
             ev_in = [stem(x) for x in eval_images]
         else:
-            adapter = supernet.in_adapters[k][str(w)]
+            adapter = adapters.inputs[k][str(w)]
             recalibrate_bn(adapter, [f[k - 1] for f in calib_feats])
             cal_in = [adapter(f[k - 1]) for f in calib_feats]
             ev_in = [adapter(f[k - 1]) for f in eval_feats]
@@ -649,66 +616,56 @@ def _costs(cfg: DNAConfig, space: MBConvSpace, device: torch.device) -> tuple[An
     return cost, fixed
 
 
+class BudgetedSearcher:
+    """The exact k-best search over block ratings under an additive budget (``search.strategies.budgeted``)."""
+
+    def __init__(self, cfg: DNAConfig, device: torch.device) -> None:
+        self.cfg, self.device = cfg, device
+
+    def search(
+        self, space: MBConvSpace, rated: dict[int, list[dict]], metric: str, budget: float | None, top_k: int
+    ) -> list[Found]:
+        from dataclasses import replace as _replace
+
+        from ..strategies.budgeted import Candidate, exact_search
+
+        missing = [k for k in range(len(space.blocks)) if k not in rated]
+        if missing:
+            raise ValueError(f'blocks {missing} are not rated: a search needs ratings of every block')
+        cost, fixed = _costs(_replace(self.cfg, metric=metric), space, self.device)
+        blocks = []
+        for k, block in enumerate(space.blocks):
+            # a block without choices (DNA's fixed last block) adds nothing to the score, as in the official code:
+            # its score would only reward the previous block for the width it hands on
+            no_choice = len(block.cells) == 1 and len(block.ops) == 1
+            cands = []
+            for row in rated[k]:
+                choice = BlockChoice(int(row['cell']), tuple(row['ops']))
+                out_w = block.cells[choice.cell].width
+                c = cost(k, int(row['in_width']), choice)
+                cands.append(
+                    Candidate(0.0 if no_choice else float(row['score']), c, int(row['in_width']), out_w, choice)
+                )
+            blocks.append(cands)
+        solutions = exact_search(blocks, budget, k=top_k, fixed_cost=fixed, start_key=space.ds_width)
+        found = []
+        for sol in solutions:
+            choices = [c.payload for c in sol.choices]
+            extra = {'choices': [[c.cell, list(c.ops)] for c in choices]}
+            found.append(Found(space.encode(choices), sol.score, sol.cost, extra))
+        return found
+
+
 def search(cfg: DNAConfig, ratings: dict[int, list[dict]], device: torch.device | None = None) -> list[dict]:
     """Exact constrained search over the rated blocks; writes ``<output>/arch/top<i>.json`` specs, returns them."""
-    from ..strategies.budgeted import Candidate, exact_search
-
-    space = _space(cfg)
-    missing = [k for k in range(len(space.blocks)) if k not in ratings]
-    if missing:
-        raise ValueError(f'blocks {missing} are not rated: a search needs ratings of every block')
-    cost, fixed = _costs(cfg, space, device or torch.device('cpu'))
-    blocks = []
-    for k in range(len(space.blocks)):
-        cands = []
-        for row in ratings[k]:
-            choice = BlockChoice(int(row['cell']), tuple(row['ops']))
-            out_w = space.blocks[k].cells[choice.cell].width
-            c = cost(k, int(row['in_width']), choice)
-            cands.append(Candidate(float(row['score']), c, int(row['in_width']), out_w, choice))
-        blocks.append(cands)
-    solutions = exact_search(blocks, cfg.budget, k=cfg.top_k, fixed_cost=fixed, start_key=space.ds_width)
-    found = []
-    for rank, sol in enumerate(solutions, 1):
-        arch = [c.payload for c in sol.choices]
-        spec = space.to_spec(arch)
-        provenance = {
-            'method': 'dna',
-            'space': space.name,
-            'teacher': cfg.teacher,
-            'rank': rank,
-            'score': sol.score,
-            'metric': cfg.metric,
-            'cost': sol.cost,
-            'budget': cfg.budget,
-            'arch': [[c.cell, list(c.ops)] for c in arch],
-        }
-        write_spec(spec, cfg.out / 'arch' / f'top{rank}.json', **provenance)
-        found.append({'spec': spec, **provenance})
-    summary = cfg.out / 'search_result.json'
-    summary.write_text(json.dumps({'config': json.loads(cfg.to_json()), 'results': found}, indent=1) + '\n')
-    return found
+    return pipeline.search(DNA(cfg), ratings, device)
 
 
 def run(
     cfg: DNAConfig,
     ctx: engine.DistContext,
     resume: bool = False,
-    stages: Sequence[str] = ('train', 'rate', 'search'),
-    objective: Any = None,
+    stages: Sequence[str] = pipeline.STAGES,
 ) -> list[dict]:
-    """The whole DNA pipeline (or some of its stages); returns the found architectures (main process)."""
-    found: list[dict] = []
-    if 'train' in stages:
-        train_supernet(cfg, ctx, resume=resume, objective=objective)
-    ratings = rate_blocks(cfg, ctx, objective=objective) if 'rate' in stages or 'search' in stages else {}
-    if 'search' in stages and ctx.is_main:
-        ratings = {**cached_ratings(cfg), **ratings}  # blocks rated by other (block) jobs
-        unrated = [k for k in range(len(get_space(cfg.space).blocks)) if k not in ratings]
-        if unrated and cfg.blocks is not None:
-            print(f'blocks {unrated} are not rated yet: run `--stage search` once every block job has finished')
-            ctx.barrier()
-            return found
-        found = search(cfg, ratings, ctx.device)
-    ctx.barrier()
-    return found
+    """The whole DNA pipeline (or some of its stages) on the engine; returns the found architectures (main process)."""
+    return pipeline.run(DNA(cfg), ctx, stages=stages, resume=resume)

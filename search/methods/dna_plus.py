@@ -33,7 +33,7 @@ from .. import engine
 from ..emit import write_spec
 from . import dna
 
-__all__ = ['DNAPlusConfig', 'compound_scale', 'run']
+__all__ = ['DNAPlus', 'DNAPlusConfig', 'compound_scale', 'run']
 
 
 @dataclass
@@ -149,3 +149,18 @@ def run(
     if ctx.is_main:
         write_spec(found[0]['spec'], out / 'final.json', method='dna_plus', generations=cfg.generations)
     return found
+
+
+class DNAPlus:
+    """The DNA+ driver in the method registry: it chains whole DNA searches, so ``--stage`` and ``--block`` do not
+    apply to it (the command line refuses them)."""
+
+    name = 'dna_plus'
+    config_class: type = DNAPlusConfig
+    staged = False
+
+    def __init__(self, cfg: DNAPlusConfig) -> None:
+        self.cfg = cfg
+
+    def drive(self, ctx: engine.DistContext, resume: bool) -> list[dict]:
+        return run(self.cfg, ctx, resume=resume)

@@ -9,20 +9,18 @@ Every op is built by timm's ``EfficientNetBuilder`` with exactly the settings of
 and the supernet's parameter names map one to one onto that network's, so a chosen path *is* the network that
 the emitted spec builds (``path_state_dict`` + ``forward_path``; tested).
 
-Decision (specs/dna.md section 7, item 1): the official supernet makes the last layer of each block output the
-teacher's width and feeds the next block the teacher's tensor, so its paths differ from the final networks at
-every block boundary. Here every layer has the width the final network has; two small 1x1 conv + BN adapters per
-block map the teacher's previous feature to the block's input width and the block's output to the teacher's width
-for the loss. They are shared by all paths of a cell and are not part of any emitted network. Because the first
-layer of a block takes the width chosen in the previous block, it has one set of weights per possible input
-width, and the search only joins candidates whose widths fit.
+Every layer has the width the final network has (DNA's 1x1 adapters to and from the teacher's widths belong to
+the DNA method, ``search.methods.dna.DNAAdapters``). Because the first layer of a block takes the width chosen in
+the previous block, it has one set of weights per possible input width, and the search only joins candidates whose
+widths fit.
 """
 
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 
 import torch
@@ -34,8 +32,12 @@ from timm.models._efficientnet_builder import EfficientNetBuilder, decode_arch_d
 from backbones import mbconv as mbconv_family
 from backbones._flops import count_macs, count_params
 
+from ..protocols import COST_METRICS, Arch
+from .base import ChoiceSpace
+
 __all__ = [
     'OPS',
+    'PAPER_FLOPS_FACTOR',
     'SMALL_OPS',
     'SPACES',
     'BlockChoice',
@@ -57,6 +59,8 @@ OPS = ('k3e6', 'k5e6', 'k7e6', 'k3e3', 'k5e3', 'k7e3')
 SMALL_OPS = ('k3e6', 'k5e6', 'k3e3', 'k5e3')
 ACT = 'swish'
 SE_RATIO = 0.25
+#: The DNA paper's FLOPs are conv + FC MACs x ~1.034 (BN/activation work; zoo/catalog.py DNA_RULE).
+PAPER_FLOPS_FACTOR = 1.034
 
 
 def _parse_op(op: str) -> tuple[int, int]:
@@ -104,8 +108,15 @@ class BlockChoice:
 
 
 @dataclass(frozen=True)
-class MBConvSpace:
-    """A DNA-style MBConv space: fixed stem and DS layer, searched blocks, fixed head."""
+class MBConvSpace(ChoiceSpace):
+    """A DNA-style MBConv space: fixed stem and DS layer, searched blocks, fixed head.
+
+    As a :class:`~search.protocols.SearchSpace`, an architecture is a tuple of ints: per block, the cell index, then
+    one op index (into ``block.ops``) for each layer of the block's deepest cell; the op indices past the chosen
+    cell's depth are 0 (:meth:`canonical`). :meth:`decode` / :meth:`encode` map it to and from one
+    :class:`BlockChoice` per block, which the block-wise parts (rating, budgeted search) use; every method below
+    accepts either form.
+    """
 
     name: str
     blocks: tuple[BlockDef, ...]
@@ -164,8 +175,59 @@ class MBConvSpace:
             n *= sum(len(block.ops) ** cell.layers for cell in block.cells)
         return n
 
-    def check_arch(self, arch: Sequence[BlockChoice]) -> list[BlockChoice]:
-        """Validate a path (one :class:`BlockChoice` per block); raises ``ValueError`` naming the bad entry."""
+    # -- the SearchSpace protocol: flat integer architectures ---------------------------------------------------
+    @property
+    def num_choices(self) -> tuple[int, ...]:
+        out: list[int] = []
+        for block in self.blocks:
+            out += [len(block.cells)] + [len(block.ops)] * max(c.layers for c in block.cells)
+        return tuple(out)
+
+    @property
+    def size(self) -> int:
+        return self.num_architectures()
+
+    def canonical(self, arch: Sequence[int]) -> Arch:
+        out, i = [], 0
+        for block in self.blocks:
+            depth = max(c.layers for c in block.cells)
+            cell = int(arch[i])
+            used = block.cells[cell].layers if 0 <= cell < len(block.cells) else depth
+            out += [cell] + [int(x) if j < used else 0 for j, x in enumerate(arch[i + 1 : i + 1 + depth])]
+            i += 1 + depth
+        return tuple(out)
+
+    def encode(self, choices: Sequence[BlockChoice]) -> Arch:
+        """The integer architecture of one :class:`BlockChoice` per block."""
+        out: list[int] = []
+        for block, choice in zip(self.blocks, self.check_arch(choices), strict=True):
+            depth = max(c.layers for c in block.cells)
+            idx = [block.ops.index(op) for op in choice.ops]
+            out += [choice.cell] + idx + [0] * (depth - len(idx))
+        return tuple(out)
+
+    def decode(self, arch: Sequence[int]) -> list[BlockChoice]:
+        """One :class:`BlockChoice` per block of an integer architecture."""
+        arch = self.check(arch)
+        out, i = [], 0
+        for block in self.blocks:
+            depth = max(c.layers for c in block.cells)
+            cell = arch[i]
+            ops = tuple(block.ops[x] for x in arch[i + 1 : i + 1 + block.cells[cell].layers])
+            out.append(BlockChoice(cell, ops))
+            i += 1 + depth
+        return out
+
+    def _as_choices(self, arch: Sequence) -> list[BlockChoice]:
+        if len(arch) and all(isinstance(x, int) and not isinstance(x, bool) for x in arch):
+            return self.decode(arch)
+        return self.check_arch(arch)
+
+    def check_arch(self, arch: Sequence) -> list[BlockChoice]:
+        """Validate a path (one :class:`BlockChoice` per block, or an integer architecture); raises ``ValueError``
+        naming the bad entry."""
+        if len(arch) and all(isinstance(x, int) and not isinstance(x, bool) for x in arch):
+            return self.decode(arch)
         if len(arch) != len(self.blocks):
             raise ValueError(f'space {self.name!r} has {len(self.blocks)} blocks, the path gives {len(arch)} choices')
         out = []
@@ -184,10 +246,10 @@ class MBConvSpace:
             out.append(choice)
         return out
 
-    def widths(self, arch: Sequence[BlockChoice]) -> list[int]:
-        return [self.blocks[k].cells[c.cell].width for k, c in enumerate(arch)]
+    def widths(self, arch: Sequence) -> list[int]:
+        return [self.blocks[k].cells[c.cell].width for k, c in enumerate(self._as_choices(arch))]
 
-    def to_spec(self, arch: Sequence[BlockChoice]) -> dict:
+    def to_spec(self, arch: Sequence) -> dict:
         """The ``mbconv`` spec of a path: ``timm.create_model('mbconv', spec=...)`` builds exactly that network."""
         arch = self.check_arch(arch)
         stages = [[f'ds_r1_k3_s1_c{self.ds_width}_se{SE_RATIO}']]
@@ -203,14 +265,107 @@ class MBConvSpace:
         }
         return mbconv_family.validate_spec(spec)
 
-    def sample(self, generator: torch.Generator) -> list[BlockChoice]:
-        """A uniformly random path (cell uniform per block, op uniform per layer) from ``generator``."""
-        arch = []
-        for block in self.blocks:
-            cell = int(torch.randint(len(block.cells), (1,), generator=generator))
-            idx = torch.randint(len(block.ops), (block.cells[cell].layers,), generator=generator).tolist()
-            arch.append(BlockChoice(cell, tuple(block.ops[i] for i in idx)))
+    def from_spec(self, spec: dict) -> Arch:
+        """The architecture whose :meth:`to_spec` is ``spec``; a spec outside this space raises naming the stage."""
+        spec = mbconv_family.validate_spec(spec)
+        for key in ('stem_size', 'num_features'):
+            if spec[key] != getattr(self, key):
+                raise ValueError(f'spec {key} {spec[key]} is not the space {self.name!r} value {getattr(self, key)}')
+        stages = spec['stages']
+        if len(stages) != len(self.blocks) + 1:
+            raise ValueError(f'spec has {len(stages)} stages, space {self.name!r} has {len(self.blocks) + 1}')
+        choices = []
+        for k, (block, stage) in enumerate(zip(self.blocks, stages[1:], strict=True)):
+            ops, widths = [], set()
+            for layer in stage:
+                parts = dict(re.match(r'([a-z]+)(\d+(?:\.\d+)?)$', p).groups() for p in layer.split('_')[1:])
+                ops.append(f'k{parts["k"]}e{parts.get("e", "1")}')
+                widths.add(int(parts['c']))
+            cell = [c for c, d in enumerate(block.cells) if d.layers == len(stage) and {d.width} == widths]
+            if not cell:
+                raise ValueError(
+                    f'spec stage {k + 1} ({len(stage)} layers, widths {sorted(widths)}) is no cell of '
+                    f'block {k} of space {self.name!r}: {block.cells}'
+                )
+            choices.append(BlockChoice(cell[0], tuple(ops)))
+        arch = self.encode(choices)
+        if self.to_spec(arch) != spec:
+            raise ValueError(f'spec is not a path of space {self.name!r} (strides or layer types differ)')
         return arch
+
+    def cost(self, arch: Sequence, metric: str) -> float:
+        """``flops`` (the paper's rule: MACs x 1.034), ``macs``, ``params`` (1000 classes) or ``latency`` (seconds,
+        CPU, batch 1, measured once per layer)."""
+        if metric not in COST_METRICS:
+            raise ValueError(f'cost metric {metric!r}: expected one of {COST_METRICS}')
+        choices = self._as_choices(arch)
+        if metric == 'latency':
+            table = _latency_table(self)
+            total, width = table.fixed_latency(), self.ds_width
+            for k, choice in enumerate(choices):
+                total += table.choice_latency(k, width, choice)
+                width = self.blocks[k].cells[choice.cell].width
+            return total
+        index = 1 if metric == 'params' else 0
+        total, width = fixed_cost(self)[index], self.ds_width
+        for k, choice in enumerate(choices):
+            total += choice_cost(self, k, width, choice)[index]
+            width = self.blocks[k].cells[choice.cell].width
+        return total * PAPER_FLOPS_FACTOR if metric == 'flops' else float(total)
+
+    def extremes(self) -> tuple[Arch, Arch]:
+        """(fewest, most) MACs: per block and cell the cheapest (dearest) op of every layer, widths joined exactly."""
+        from ..strategies.budgeted import Candidate, exact_search
+
+        found = []
+        for sign in (1.0, -1.0):
+            blocks = []
+            for k, block in enumerate(self.blocks):
+                cands = []
+                for w in self.in_widths(k):
+                    for c, cell in enumerate(block.cells):
+                        ops, chs = [], w
+                        for j in range(cell.layers):
+                            stride = block.stride if j == 0 else 1
+                            res = _block_res(self, k) if j == 0 else -(-_block_res(self, k) // block.stride)
+                            ops.append(
+                                min(
+                                    block.ops,
+                                    key=lambda op, chs=chs, res=res, s=stride: (
+                                        sign * layer_cost(layer_arch(op, cell.width, s), chs, res)[0]
+                                    ),
+                                )
+                            )
+                            chs = cell.width
+                        choice = BlockChoice(c, tuple(ops))
+                        macs = choice_cost(self, k, w, choice)[0]
+                        cands.append(Candidate(sign * macs, 0.0, w, cell.width, choice))
+                blocks.append(cands)
+            best = exact_search(blocks, None, k=1, start_key=self.ds_width)[0]
+            found.append(self.encode([c.payload for c in best.choices]))
+        return found[0], found[1]
+
+    def build_supernet(self, num_classes: int = 1000, **options: object) -> MBConvSupernet:
+        """The weight-sharing supernet of this space with a classifier head (``num_classes=0``: the trunk only)."""
+        return MBConvSupernet(self, num_classes=num_classes, **options)  # type: ignore[arg-type]
+
+
+def _block_res(space: MBConvSpace, k: int) -> int:
+    res = space.img_size // 2
+    for block in space.blocks[:k]:
+        res = -(-res // block.stride)
+    return res
+
+
+_LATENCY: dict[MBConvSpace, object] = {}
+
+
+def _latency_table(space: MBConvSpace) -> object:
+    from .mbconv_latency import LatencyTable
+
+    if space not in _LATENCY:
+        _LATENCY[space] = LatencyTable(space, torch.device('cpu'), batch=1)
+    return _LATENCY[space]
 
 
 def _dna_blocks(ops: tuple[str, ...], last_ops: tuple[str, ...] = ('k3e6',)) -> tuple[BlockDef, ...]:
@@ -258,12 +413,17 @@ SPACES: dict[str, MBConvSpace] = {
 }
 
 
-def get_space(name: str | MBConvSpace) -> MBConvSpace:
+def get_space(name: str | MBConvSpace, img_size: int | None = None) -> MBConvSpace:
+    """A space of :data:`SPACES` (optionally at another resolution, which changes its costs)."""
     if isinstance(name, MBConvSpace):
-        return name
-    if name not in SPACES:
+        space = name
+    elif name not in SPACES:
         raise KeyError(f'unknown MBConv space {name!r}; known: {sorted(SPACES)}')
-    return SPACES[name]
+    else:
+        space = SPACES[name]
+    if img_size is not None and img_size != space.img_size:
+        space = replace(space, img_size=int(img_size))
+    return space
 
 
 # -- modules ----------------------------------------------------------------------------------------------------
@@ -283,11 +443,6 @@ def _builder() -> EfficientNetBuilder:
 def build_layer(arch: str, in_chs: int) -> nn.Module:
     """One timm block (``InvertedResidual`` / ``DepthwiseSeparableConv``) from its arch-def string."""
     return _builder()(in_chs, decode_arch_def([[arch]]))[0][0]
-
-
-def _adapter(in_chs: int, out_chs: int) -> nn.Sequential:
-    """1x1 conv + BN (no activation: MBConv outputs are linear bottlenecks)."""
-    return nn.Sequential(nn.Conv2d(in_chs, out_chs, 1, bias=False), nn.BatchNorm2d(out_chs))
 
 
 class SuperLayer(nn.Module):
@@ -313,48 +468,46 @@ class SuperCell(nn.Module):
 
 
 class MBConvSupernet(nn.Module):
-    """Weight-sharing supernet of an :class:`MBConvSpace`, trained block by block against a teacher.
+    """Weight-sharing supernet of an :class:`MBConvSpace`: ``supernet(x, arch)`` runs one path.
 
-    ``teacher_channels[k]`` is the width of the teacher feature that block ``k`` is distilled to; block ``k > 0``
-    receives the teacher's feature ``k - 1`` (``teacher_channels[k - 1]`` wide), block 0 the image (through the
-    fixed stem and DS layer, trained with block 0).
+    ``num_classes > 0`` adds timm EfficientNet's head (``conv_head``, ``bn2``, average pooling, ``classifier``), so
+    a path with :meth:`path_state_dict` is the whole network of its spec; ``num_classes=0`` keeps the trunk (DNA
+    never trains a head). Block-wise methods run one block at a time: :meth:`stem` then :meth:`path_layers`.
     """
 
-    def __init__(self, space: MBConvSpace | str, teacher_channels: Sequence[int], in_chans: int = 3) -> None:
+    def __init__(self, space: MBConvSpace | str, in_chans: int = 3, num_classes: int = 0) -> None:
         super().__init__()
         space = get_space(space)
-        if len(teacher_channels) != len(space.blocks):
-            raise ValueError(
-                f'space {space.name!r} has {len(space.blocks)} blocks but the teacher gives '
-                f'{len(teacher_channels)} features {list(teacher_channels)}'
-            )
         self.space = space
-        self.teacher_channels = list(teacher_channels)
+        self.num_classes = num_classes
         norm_act = get_norm_act_layer(nn.BatchNorm2d, ACT)
         stem = round_channels(space.stem_size)
         self.conv_stem = create_conv2d(in_chans, stem, 3, stride=2, padding='')
         self.bn1 = norm_act(stem, inplace=True)
         self.ds = build_layer(f'ds_r1_k3_s1_c{space.ds_width}_se{SE_RATIO}', stem)
         self.blocks = nn.ModuleList()
-        self.in_adapters = nn.ModuleList()
-        self.out_adapters = nn.ModuleList()
         for k, block in enumerate(space.blocks):
             in_widths = space.in_widths(k)
             self.blocks.append(nn.ModuleList(SuperCell(c, in_widths, block.stride, block.ops) for c in block.cells))
-            if k == 0:
-                self.in_adapters.append(nn.ModuleDict())
-            else:
-                self.in_adapters.append(
-                    nn.ModuleDict({str(w): _adapter(teacher_channels[k - 1], w) for w in in_widths})
-                )
-            self.out_adapters.append(nn.ModuleList(_adapter(c.width, teacher_channels[k]) for c in block.cells))
+        self.head: nn.ModuleDict | None = None
+        if num_classes > 0:
+            from timm.layers import create_classifier
 
-    # -- training-time forward: one block, fed the teacher's previous feature -----------------------------------
-    def block_input(self, k: int, x: torch.Tensor, in_width: int) -> torch.Tensor:
-        """The input of block ``k``: the image through stem + DS (k = 0), else the adapted teacher feature."""
-        if k == 0:
-            return self.ds(self.bn1(self.conv_stem(x)))
-        return self.in_adapters[k][str(in_width)](x)
+            last = sorted({c.width for c in space.blocks[-1].cells})
+            pool, classifier = create_classifier(space.num_features, num_classes, pool_type='avg')
+            self.head = nn.ModuleDict(
+                {
+                    **{f'conv_head_{w}': create_conv2d(w, space.num_features, 1, padding='') for w in last},
+                    'bn2': norm_act(space.num_features, inplace=True),
+                    'global_pool': pool,
+                    'classifier': classifier,
+                }
+            )
+
+    # -- block-wise forward: one block at a time ---------------------------------------------------------------
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """The fixed part before block 0: stem conv + BN + act, then the DS layer."""
+        return self.ds(self.bn1(self.conv_stem(x)))
 
     def path_layers(self, k: int, in_width: int, choice: BlockChoice) -> list[nn.Module]:
         cell = self.blocks[k][choice.cell]
@@ -363,13 +516,6 @@ class MBConvSupernet(nn.Module):
             mods.append(layer.choice(width, op))
             width = self.space.blocks[k].cells[choice.cell].width
         return mods
-
-    def forward_block(self, k: int, x: torch.Tensor, in_width: int, choice: BlockChoice) -> torch.Tensor:
-        """Block ``k`` on a path, mapped to the teacher's width (what the distillation loss compares)."""
-        h = self.block_input(k, x, in_width)
-        for layer in self.path_layers(k, in_width, choice):
-            h = layer(h)
-        return self.out_adapters[k][choice.cell](h)
 
     # -- the chosen network ---------------------------------------------------------------------------------------
     def _walk(self, arch: Sequence[BlockChoice]) -> Iterator[tuple[str, nn.Module]]:
@@ -382,22 +528,38 @@ class MBConvSupernet(nn.Module):
             width = self.space.blocks[k].cells[choice.cell].width
 
     @torch.no_grad()
-    def forward_path(self, x: torch.Tensor, arch: Sequence[BlockChoice]) -> torch.Tensor:
+    def forward_path(self, x: torch.Tensor, arch: Sequence) -> torch.Tensor:
         """The chosen network's trunk (stem .. last block), without adapters: the final features before the head."""
+        return self.forward_trunk(x, arch)
+
+    def forward_trunk(self, x: torch.Tensor, arch: Sequence) -> torch.Tensor:
         h = self.bn1(self.conv_stem(x))
         for _, mod in self._walk(arch):
             h = mod(h)
         return h
 
-    def path_state_dict(self, arch: Sequence[BlockChoice]) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, arch: Sequence) -> torch.Tensor:
+        """One path: logits with a head, else the trunk's last feature map."""
+        h = self.forward_trunk(x, arch)
+        if self.head is None:
+            return h
+        h = self.head[f'conv_head_{h.shape[1]}'](h)
+        return self.head['classifier'](self.head['global_pool'](self.head['bn2'](h)))
+
+    def path_state_dict(self, arch: Sequence) -> dict[str, torch.Tensor]:
         """The weights of a path under the parameter names of ``timm.create_model('mbconv', spec=to_spec(arch))``.
 
-        The head (conv_head, bn2, classifier) is not part of the supernet: DNA never trains it.
+        Without a head (``num_classes=0``) conv_head, bn2 and classifier are not part of it.
         """
         out = {f'conv_stem.{n}': t for n, t in self.conv_stem.state_dict().items()}
         out.update({f'bn1.{n}': t for n, t in self.bn1.state_dict().items()})
         for prefix, mod in self._walk(arch):
             out.update({f'{prefix}.{n}': t for n, t in mod.state_dict().items()})
+        if self.head is not None:
+            width = self.space.widths(arch)[-1]
+            for name in (f'conv_head_{width}', 'bn2', 'classifier'):
+                key = 'conv_head' if name.startswith('conv_head') else name
+                out.update({f'{key}.{n}': t for n, t in self.head[name].state_dict().items()})
         return out
 
 
@@ -426,6 +588,7 @@ def choice_cost(space: MBConvSpace, k: int, in_width: int, choice: BlockChoice) 
     return macs, params
 
 
+@cache
 def fixed_cost(space: MBConvSpace, num_classes: int = 1000) -> tuple[int, int]:
     """(MACs, params) of everything that is not searched: stem, DS layer, conv head and classifier.
 

@@ -1,0 +1,205 @@
+"""SPOS end to end on CPU: learning, the command line, emitted specs with their trained weights, kill/resume, gloo.
+
+The runs go through ``python -m search spos`` in subprocesses, as a user would start them; the tiny configs are
+the ones in configs/search/.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import search
+import zoo
+from search import data, engine, pipeline
+from search.config import ConfigError, load_config
+from search.methods.spos import SPOS, RandomSearch, SPOSConfig
+from tests.test_search_dna import ENV, _free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / 'configs/search/spos_tiny.yaml'
+FAIRNAS_TINY = ROOT / 'configs/search/spos_fairnas_tiny.yaml'
+
+
+def _spos(config: Path, output: Path, data_dir: Path, *extra: str, env: dict | None = None, check: bool = True):
+    cmd = [sys.executable, '-m', 'search', 'spos', '--config', str(config), '--data-dir', str(data_dir)]
+    proc = subprocess.run(
+        [*cmd, '--output', str(output), *extra], cwd=ROOT, env=env or ENV, capture_output=True, text=True, timeout=600
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f'spos failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}')
+    return proc
+
+
+@pytest.fixture(scope='module')
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp('spos_data')
+    data.write_synthetic_image_folder(root / 'train', num_classes=4, per_class=12, size=40)
+    return root
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp('spos_run') / 'run'
+    _spos(TINY, out, tiny_data)
+    return out
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)['model']
+
+
+def _check_found(run: Path, space_name: str, num_classes: int = 4) -> None:
+    """top1.json builds with the zoo; with the trained supernet's path weights it *is* the supernet's path."""
+    result = json.loads((run / 'search_result.json').read_text())['results']
+    assert [r['rank'] for r in result] == [1, 2, 3]
+    assert [r['score'] for r in result] == sorted(r['score'] for r in result)
+    spec, provenance = search.read_spec(run / 'arch' / 'top1.json')
+    assert provenance['method'] == 'spos' and provenance['space'] == space_name and provenance['seed'] == 42
+    rated = {
+        json.loads(x)['key']: json.loads(x)['top1'] for x in (run / 'ratings' / 'paths.jsonl').read_text().splitlines()
+    }
+    space = search.get_space(space_name)
+    arch = tuple(provenance['arch'])
+    assert space.to_spec(arch) == spec and space.from_spec(spec) == arch
+    assert result[0]['score'] == -rated[space.key(arch)] == -max(rated.values())
+    supernet = search.build_supernet(space, num_classes=num_classes)
+    supernet.load_state_dict(_weights(run / 'checkpoints' / 'last.pt'))
+    supernet.eval()
+    model = zoo.create_model(str(run / 'arch' / 'top1.json'), num_classes=num_classes).eval()
+    model.load_state_dict(supernet.path_state_dict(arch), strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), supernet(x, arch))
+
+
+def test_spos_tiny_search_on_the_dna_family_space(tiny_run: Path) -> None:
+    log = [json.loads(x) for x in (tiny_run / 'train_log.jsonl').read_text().splitlines()]
+    assert [x['step'] for x in log] == list(range(1, 9))  # 36 training images, batch 8, 2 epochs
+    assert log[0]['lr'] == [0.1] and log[-1]['lr'][0] < 0.02  # linear decay per step
+    _check_found(tiny_run, 'tiny')
+
+
+def test_spos_fairnas_tiny_search(tiny_data: Path, tmp_path: Path) -> None:
+    _spos(FAIRNAS_TINY, tmp_path / 'fairnas', tiny_data)
+    _check_found(tmp_path / 'fairnas', 'fairnas_tiny')
+    spec = zoo.spec_of(zoo.create_model(str(tmp_path / 'fairnas' / 'arch' / 'top1.json')))
+    assert spec['act_layer'] == 'relu6' and all('_se' not in b for s in spec['stages'] for b in s)
+
+
+def test_supernet_loss_goes_down_on_a_learnable_folder(tiny_data: Path, tmp_path: Path) -> None:
+    """Cross-entropy of fixed paths on fixed training images, before and after a short SPOS run."""
+    aug = {'scale': [0.8, 1.0], 'color_jitter': None}
+    overrides = {'data_dir': str(tiny_data), 'output': str(tmp_path), 'epochs': 10, 'train_aug': aug}
+    cfg = load_config(SPOSConfig, TINY, overrides)
+    ctx = engine.init_distributed('cpu')
+    method = SPOS(cfg)
+    split = pipeline.holdout_split(cfg, ctx)
+    images, labels = next(iter(torch.utils.data.DataLoader(method._folder(), batch_size=48, shuffle=False)))
+    paths = [method.space.sample(torch.Generator().manual_seed(i)) for i in range(3)]
+
+    @torch.no_grad()
+    def loss(net: torch.nn.Module) -> float:
+        net.train()  # batch statistics: a fair comparison for an untrained supernet
+        return sum(float(F.cross_entropy(net(images, p), labels)) for p in paths) / len(paths)
+
+    before = loss(method.build(ctx, split))
+    pipeline.train(method, ctx)
+    after = loss(method.supernet)
+    assert after < 0.85 * before, (before, after)
+
+
+def test_killed_run_resumes_to_the_same_result(tiny_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / 'killed'
+    proc = _spos(TINY, out, tiny_data, env={**ENV, engine.FAULT_ENV: '3'}, check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert torch.load(out / 'checkpoints' / 'last.pt', weights_only=True)['step'] == 3
+    assert not (out / 'arch').exists()
+    _spos(TINY, out, tiny_data, '--resume')
+    want, got = _weights(tiny_run / 'checkpoints' / 'last.pt'), _weights(out / 'checkpoints' / 'last.pt')
+    assert want.keys() == got.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=0, atol=0, msg=key)
+    a = json.loads((tiny_run / 'search_result.json').read_text())['results']
+    b = json.loads((out / 'search_result.json').read_text())['results']
+    assert [r['spec'] for r in a] == [r['spec'] for r in b]
+    assert [r['score'] for r in a] == [r['score'] for r in b]
+
+
+def test_two_gloo_processes_equal_one_process_with_two_accumulation_steps(tiny_data: Path, tmp_path: Path) -> None:
+    """torchrun, 2 CPU processes x 4 images == 1 process x (2 accumulation steps x 4 images), batch 8 both."""
+    ddp = tmp_path / 'ddp'
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc-per-node', '2', '--master-port', str(_free_port())]
+    cmd += ['-m', 'search', 'spos', '--config', str(TINY), '--data-dir', str(tiny_data), '--output', str(ddp)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    single = tmp_path / 'single'
+    _spos(TINY, single, tiny_data, '--grad-accum', '2')
+    a, b = _weights(ddp / 'checkpoints' / 'last.pt'), _weights(single / 'checkpoints' / 'last.pt')
+    # parameters match; BN running statistics differ by design (DDP keeps rank 0's), and rating re-estimates them
+    params = [k for k in a if not k.endswith(('running_mean', 'running_var', 'num_batches_tracked'))]
+    for key in params:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+    ra = json.loads((ddp / 'search_result.json').read_text())['results']
+    rb = json.loads((single / 'search_result.json').read_text())['results']
+    assert [r['arch'] for r in ra] == [r['arch'] for r in rb]
+
+
+def test_random_search_respects_the_budget_and_counts_rejections() -> None:
+    space = search.get_space('fairnas_tiny')
+    low, high = space.extremes()
+    budget = (space.cost(low, 'params') + space.cost(high, 'params')) / 2
+
+    def score(arch: tuple[int, ...]) -> float:  # known optimum under any budget: the most parameters that fit
+        return -space.cost(arch, 'params')
+
+    found = RandomSearch(30, seed=0).search(space, score, 'params', budget, 3)
+    assert len(found) == 3 and all(f.cost <= budget for f in found)
+    assert [f.score for f in found] == sorted(f.score for f in found) and found[0].extra['rejected'] > 0
+    assert found == RandomSearch(30, seed=0).search(space, score, 'params', budget, 3)  # seeded
+    with pytest.raises(ValueError, match='the smallest one costs'):
+        RandomSearch(5, seed=0).search(space, score, 'params', space.cost(low, 'params') - 1, 1)
+
+
+@pytest.mark.parametrize(
+    ('setting', 'message'),
+    [
+        ({'schedule': 'step'}, "schedule 'step': expected one of linear, cosine"),
+        ({'recalibration': 'none'}, "recalibration 'none': expected one of reset, momentum"),
+        ({'searcher': 'evolution'}, "searcher 'evolution'"),
+        ({'label_smoothing': 1.5}, 'label_smoothing must be in'),
+        ({'lrr': 0.1}, r"unknown config key\(s\) \['lrr'\]"),
+        ({'lr': 'fast'}, "lr='fast': expected float"),
+        ({'space': 'nope'}, "space 'nope' .*unknown search space 'nope'"),
+        ({'space': 'fairnas', 'space_options': {'width': 2}}, r"unknown option\(s\) \['width'\]"),
+    ],
+)
+def test_bad_config_values_are_named(setting: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(SPOSConfig, TINY, setting)
+
+
+def test_bad_config_value_fails_in_one_line_on_the_command_line(tiny_data: Path, tmp_path: Path) -> None:
+    proc = _spos(TINY, tmp_path / 'bad', tiny_data, '--set', 'schedule=step', check=False)
+    assert proc.returncode == 2 and "schedule 'step'" in proc.stderr and 'Traceback' not in proc.stderr, proc.stderr
+
+
+def test_dna_space_path_with_its_head_is_the_zoo_model() -> None:
+    """SPOS trains the DNA MBConv space with a classifier: a path with its head is the whole zoo network."""
+    space = search.get_space('dna')
+    net = search.build_supernet('dna', num_classes=5).eval()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    for _ in range(2):
+        arch = space.sample(gen)
+        model = zoo.create_model(space.to_spec(arch), num_classes=5).eval()
+        model.load_state_dict(net.path_state_dict(arch), strict=True)
+        with torch.no_grad():
+            assert torch.equal(model(x), net(x, arch))
