@@ -49,23 +49,44 @@ def build(spec: dict, pretrained: bool = False, **kwargs: Any) -> nn.Module:
     return family_of(spec).build(spec, pretrained=pretrained, **kwargs)
 
 
+#: A spec is a few hundred bytes of JSON; a bigger "spec file" is the wrong file, refused before it is read.
+MAX_SPEC_FILE_BYTES = 1 << 20
+
+
 def load_spec(source: str | PathLike) -> tuple[dict, dict]:
     """Read a spec from JSON text or a ``.json`` file; returns ``(validated spec, provenance)``.
 
     Accepts a bare spec or the ``{"spec": ..., "search": {...}}`` form that ``search.write_spec`` emits (its
-    ``search`` part is the provenance). A missing file, broken JSON or an invalid spec each raise an error that
-    names the problem and the file.
+    ``search`` part is the provenance). A missing or unreadable file, a binary file, broken JSON or an invalid spec
+    each raise an error that names the problem and the file.
     """
     text, where = str(source), 'spec'
-    if not text.lstrip().startswith('{'):
-        path = Path(text)
-        if not path.is_file():
-            raise FileNotFoundError(f'spec file not found: {path}')
-        text, where = path.read_text(), str(path)
+    if isinstance(source, PathLike) or not text.lstrip().startswith('{'):
+        text, where = _read_spec_file(Path(source)), str(source)
     try:
         doc = json.loads(text)
-    except json.JSONDecodeError as err:
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, ints over Python's digit limit, deep nesting
         raise SpecError(f'{where} is not valid JSON: {err}') from err
     if isinstance(doc, dict) and 'spec' in doc and 'family' not in doc:
         return validate_spec(doc['spec']), dict(doc.get('search') or {})
     return validate_spec(doc), {}
+
+
+def _read_spec_file(path: Path) -> str:
+    if not path.is_file():
+        raise FileNotFoundError(f'spec file not found: {path}' + (' (it is a folder)' if path.is_dir() else ''))
+    try:
+        size = path.stat().st_size
+        if size > MAX_SPEC_FILE_BYTES:
+            raise SpecError(
+                f'{path} is not a spec file: {size:,} bytes, a JSON spec is far below {MAX_SPEC_FILE_BYTES:,}'
+            )
+        data = path.read_bytes()
+    except OSError as err:
+        raise OSError(f'spec file not readable: {path} ({err.strerror or err})') from err
+    try:
+        return data.decode('utf-8')
+    except UnicodeDecodeError as err:
+        raise SpecError(
+            f'{path} is not a JSON spec file: it is binary, not UTF-8 text ({err.reason} at byte {err.start})'
+        ) from err

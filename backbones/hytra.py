@@ -130,7 +130,7 @@ def validate_spec(spec: Any) -> dict:
     stages = check_list(spec['stages'], 'stages', length=len(STAGE_WIDTHS))
     out = []
     for i, stage in enumerate(stages):
-        ops = check_list(stage, f'stages[{i}]')
+        ops = check_list(stage, f'stages[{i}]', max_length=NUM_LAYERS)
         for j, op in enumerate(ops):
             allowed = OPS if i in ATT_STAGES else ('conv',)
             if op not in allowed or not isinstance(op, str):

@@ -68,6 +68,26 @@ _FIELDS = ('stem_size', 'num_features', 'stages')
 _OPTIONAL_FIELDS = ('act_layer',)
 
 _TOKEN = re.compile(r'^(r|k|s|e|c|se)(\d+(?:\.\d+)?)$')
+_NAMES = {'r': 'repeats', 'k': 'kernel', 's': 'stride', 'e': 'expansion', 'c': 'channels', 'se': 'SE ratio'}
+_MAX_DIGITS = 9
+
+# Upper bounds of the numeric fields (docs/models.md, "Spec bounds"), checked before anything is built. They are
+# far above the DNA catalog (stem 32, block widths <= 320, head 1280, <= 6 layers a stage, 22 layers in all) and
+# hold every timm EfficientNet the space can express, EfficientNet-L2 included (stem 136, widths <= 1376, head
+# 5504, <= 22 layers a stage, 88 in all, 480M parameters): a spec beyond them is a typo, not a trainable network.
+MAX_WIDTH = 4096  # stem_size and the channels c of every block
+MAX_NUM_FEATURES = 8192  # the head's 1x1 conv
+MAX_STAGE_DEPTH = 32  # layers of one stage: the sum of its blocks' repeats r
+MAX_STAGES = 16
+MAX_DEPTH = 128  # layers of all stages together
+MAX_PARAMS = 1_000_000_000  # weights of the whole network (_approx_params), twice EfficientNet-L2
+_BOUNDS = {
+    'r': f'at most {MAX_STAGE_DEPTH}',
+    'c': f'at most {MAX_WIDTH}',
+    'k': f'one of {KERNELS}',
+    's': f'one of {STRIDES}',
+    'e': f'one of {EXPANSIONS}',
+}
 
 
 def _stage(chs: int, stride: int, ops: str) -> list[str]:
@@ -148,7 +168,8 @@ SPECS: dict[str, dict] = {
 }
 
 
-def _validate_block(block: Any, field: str) -> str:
+def _parse_block(block: Any, field: str) -> tuple[str, dict[str, float]]:
+    """Parse and check one arch-def string: ``(block type, {option: value})``, every option within its bounds."""
     if not isinstance(block, str):
         raise SpecError(f'spec field {field!r}: expected an arch-def string like "ir_r1_k3_s2_e6_c24_se0.25"')
     parts = block.split('_')
@@ -159,41 +180,93 @@ def _validate_block(block: Any, field: str) -> str:
         m = _TOKEN.match(tok)
         if m is None or m.group(1) in opts:
             raise SpecError(f'spec field {field!r}: cannot parse option {tok!r} (allowed: r, k, s, e, c, se)')
-        opts[m.group(1)] = float(m.group(2)) if m.group(1) == 'se' else int(m.group(2))
+        key, number = m.groups()
+        if key == 'se':
+            opts[key] = float(number)
+        elif '.' in number:
+            raise SpecError(f'spec field {field!r}: option {tok!r} must be a whole number in {block!r}')
+        elif len(number) > _MAX_DIGITS:  # int() of a huge digit string is slow, and no bound has this many digits
+            raise SpecError(
+                f'spec field {field!r}: {_NAMES[key]} {tok[:12]}... ({len(number)} digits) is far above its bound '
+                f'({_BOUNDS[key]})'
+            )
+        else:
+            opts[key] = int(number)
     need = ('r', 'k', 's', 'c') + (('e',) if kind == 'ir' else ())  # no 'se': no squeeze-excite
     missing = [n for n in need if n not in opts]
     if missing:
         raise SpecError(f'spec field {field!r}: missing option(s) {missing} in {block!r}')
     allowed = {'k': KERNELS, 's': STRIDES, 'se': SE_RATIOS, 'e': EXPANSIONS if kind == 'ir' else (1,)}
-    names = {'k': 'kernel', 's': 'stride', 'se': 'SE ratio', 'e': 'expansion'}
     for key, values in allowed.items():
         if key in opts and opts[key] not in values:
             raise SpecError(
-                f'spec field {field!r}: {names[key]} {opts[key]:g} is not one of the allowed values {values} '
+                f'spec field {field!r}: {_NAMES[key]} {opts[key]:g} is not one of the allowed values {values} '
                 f'of the MBConv space'
             )
-    if opts['r'] < 1 or opts['c'] < 1:
-        raise SpecError(f'spec field {field!r}: repeats and channels must be >= 1 in {block!r}')
-    return block
+    for key, bound in (('r', MAX_STAGE_DEPTH), ('c', MAX_WIDTH)):
+        if not 1 <= opts[key] <= bound:
+            raise SpecError(
+                f'spec field {field!r}: {_NAMES[key]} {key}{opts[key]} must be between 1 and {bound} in {block!r}'
+            )
+    return kind, opts
+
+
+def _approx_params(spec: dict) -> int:
+    """Weights of the stem, the blocks and the head conv of a validated spec, from the spec alone (no model built).
+
+    Counts conv and SE weights as timm builds them (mid width ``in * e``, SE width ``int(in * se)``); BN, biases
+    and the classifier are left out, so it is a slight under-estimate, used to refuse absurd specs before building.
+    """
+    c_in = spec['stem_size']
+    total = 3 * 3 * 3 * c_in
+    for stage in spec['stages']:
+        for block in stage:
+            kind, o = _parse_block(block, 'stages')
+            for _ in range(int(o['r'])):
+                mid = c_in * int(o.get('e', 1))
+                se = int(c_in * o.get('se', 0))
+                total += (c_in * mid if kind == 'ir' else 0) + mid * int(o['k']) ** 2 + 2 * mid * se + mid * int(o['c'])
+                c_in = int(o['c'])
+    return total + c_in * spec['num_features']
 
 
 def validate_spec(spec: Any) -> dict:
-    """Validate an ``mbconv`` spec and return a normalised deep copy (raises :class:`SpecError`)."""
+    """Validate an ``mbconv`` spec and return a normalised deep copy (raises :class:`SpecError`).
+
+    Every numeric field is bounded (see :data:`MAX_WIDTH` and the constants next to it), and the network's size is
+    bounded too (:data:`MAX_PARAMS`), all before anything is allocated.
+    """
     optional = tuple(f for f in _OPTIONAL_FIELDS if isinstance(spec, Mapping) and f in spec)
     spec = check_header(spec, FAMILY, SPEC_VERSION, _FIELDS + optional)
     if 'act_layer' in spec:
         check_choice(spec['act_layer'], ACTIVATIONS, 'act_layer')
-    check_int(spec['stem_size'], 'stem_size', minimum=1)
-    check_int(spec['num_features'], 'num_features', minimum=1)
-    stages = check_list(spec['stages'], 'stages')
+    check_int(spec['stem_size'], 'stem_size', minimum=1, maximum=MAX_WIDTH)
+    check_int(spec['num_features'], 'num_features', minimum=1, maximum=MAX_NUM_FEATURES)
+    stages = check_list(spec['stages'], 'stages', max_length=MAX_STAGES)
     if not stages:
         raise SpecError("spec field 'stages': needs at least one stage")
     spec['stages'] = []
+    depth = 0
     for i, stage in enumerate(stages):
-        blocks = check_list(stage, f'stages[{i}]')
+        blocks = check_list(stage, f'stages[{i}]', max_length=MAX_STAGE_DEPTH)
         if not blocks:
             raise SpecError(f"spec field 'stages[{i}]': a stage needs at least one block")
-        spec['stages'].append([_validate_block(b, f'stages[{i}][{j}]') for j, b in enumerate(blocks)])
+        layers = sum(int(_parse_block(b, f'stages[{i}][{j}]')[1]['r']) for j, b in enumerate(blocks))
+        if layers > MAX_STAGE_DEPTH:
+            raise SpecError(
+                f"spec field 'stages[{i}]': {layers} layers (the sum of its blocks' repeats r) must be <= "
+                f'{MAX_STAGE_DEPTH}'
+            )
+        depth += layers
+        spec['stages'].append(list(blocks))
+    if depth > MAX_DEPTH:
+        raise SpecError(f"spec field 'stages': {depth} layers in all must be <= {MAX_DEPTH}")
+    params = _approx_params(spec)
+    if params > MAX_PARAMS:
+        raise SpecError(
+            f"spec fields 'stem_size', 'num_features', 'stages': the network would have about {params / 1e6:,.0f}M "
+            f'weights, above the bound of {MAX_PARAMS / 1e6:,.0f}M'
+        )
     return spec
 
 

@@ -17,8 +17,11 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib.util
+import os
+import pickle
 import re
 import sys
+import traceback
 import types
 from collections import OrderedDict
 from pathlib import Path
@@ -31,10 +34,11 @@ from safetensors.torch import load_file
 import backbones.hytra as hytra
 import backbones.mbconv as mbconv
 import backbones.resnest as resnest
+import zoo.checkpoint_io as checkpoint_io
 import zoo.convert as zc
 from tests.test_convert_bossnet import _official_forward as _bossnet_forward
 from tests.test_convert_bossnet import _official_state_dict as _bossnet_state_dict
-from zoo.convert import CheckpointMismatch, convert_checkpoint, convert_file, load_checkpoint
+from zoo.convert import CheckpointMismatch, CheckpointRefused, convert_checkpoint, convert_file, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -483,7 +487,7 @@ def test_load_checkpoint_is_weights_only(tmp_path, monkeypatch):
     torch.save({'state_dict': {'a': torch.ones(1)}, 'args': argparse.Namespace(model='DNA_c')}, path)
     assert load_checkpoint(path)['args'].model == 'DNA_c'
     torch.save({'state_dict': {}, 'hook': Path('x')}, path)  # any other object is refused
-    with pytest.raises(ValueError, match=r'weights_only .*PosixPath'):
+    with pytest.raises(ValueError, match=r"refused: the file holds a pickled 'pathlib\.PosixPath'"):
         load_checkpoint(path)
     path.write_bytes(b'not a checkpoint')
     with pytest.raises(ValueError, match='not a readable PyTorch checkpoint'):
@@ -532,9 +536,139 @@ def test_cli_nasvit_and_refusals(tmp_path, capsys, monkeypatch):
     assert tool.main(['--family', 'nasvit', '--model', 'nasvit_min', '--ema', str(src), str(dst)]) == 0
     timm.create_model('nasvit_min').load_state_dict(load_file(dst), strict=True)
     capsys.readouterr()
-    assert tool.main(['--family', 'nasvit', str(src), str(dst)]) == 2  # which subnet? must be named
+    assert tool.main(['--family', 'nasvit', '--overwrite', str(src), str(dst)]) == 2  # which subnet? must be named
     assert 'nasvit_a0' in capsys.readouterr().err
     del sup['blocks.14.attn.q.linear.bias']
     torch.save({'model': sup}, src)
-    assert tool.main(['--family', 'nasvit', '--model', 'nasvit_a1', str(src), str(dst)]) == 2
+    assert tool.main(['--family', 'nasvit', '--model', 'nasvit_a1', '--overwrite', str(src), str(dst)]) == 2
     assert 'missing keys' in (err := capsys.readouterr().err) and 'blocks.14.attn.q.linear.bias' in err
+
+
+# --------------------------------------------------------------------------------------------------------------
+# refused, truncated and existing files; names that tell the model
+# --------------------------------------------------------------------------------------------------------------
+
+
+class _RunsCode:
+    """A pickled object that would run a shell command when unpickled by the full (unsafe) loader."""
+
+    def __reduce__(self):
+        return (os.system, ('echo this must never run',))
+
+
+def _cli(tool, capsys, *args) -> tuple[int, str]:
+    code = tool.main([str(a) for a in args])
+    out = capsys.readouterr()
+    assert out.err.count('\n') <= 1 and 'Traceback' not in out.err
+    return code, out.err.strip()
+
+
+def test_refused_pickle_is_reported_without_the_unsafe_advice(tmp_path, capsys):
+    tool = _load_tool()
+    _, sd = _official('dna')
+    zipped, legacy = tmp_path / 'DNA_c.pth.tar', tmp_path / 'legacy.pth'
+    torch.save({'state_dict': sd, 'hook': _RunsCode()}, zipped)
+    legacy.write_bytes(pickle.dumps({'state_dict': {}, 'hook': _RunsCode()}, protocol=2))
+    for path in (zipped, legacy):
+        with pytest.raises(CheckpointRefused) as err:
+            load_checkpoint(path)
+        text = ''.join(traceback.format_exception(err.value))  # the whole report a user would see, chain included
+        assert 'weights_only=False' not in text and '`weights_only` set to `False`' not in text
+        assert str(path) in str(err.value) and "refused: the file holds a pickled 'posix.system'" in str(err.value)
+        code, msg = _cli(tool, capsys, '--family', 'dna', path, tmp_path / 'out.safetensors')
+        assert code == 2 and msg.startswith(f'error: {path}: refused') and 'weights_only=False' not in msg
+        assert msg.count(str(path)) == 1
+    assert not (tmp_path / 'out.safetensors').exists()
+
+
+def test_truncated_or_missing_checkpoint_names_the_file(tmp_path, capsys):
+    tool = _load_tool()
+    _, sd = _official('dna')
+    whole = tmp_path / 'whole.pth'
+    torch.save({'state_dict': sd}, whole)
+    data = whole.read_bytes()
+    for cut in (len(data) - 10, len(data) // 2, 0):  # the first fails inside torch as OSError [Errno 22]
+        src = tmp_path / f'DNA_c_{cut}.pth.tar'
+        src.write_bytes(data[:cut])
+        with pytest.raises(ValueError, match=rf'{re.escape(str(src))}: .*truncated or corrupt') as err:
+            load_checkpoint(src)
+        assert 'Errno' not in str(err.value)
+        code, msg = _cli(tool, capsys, '--family', 'dna', src, tmp_path / 'out.safetensors')
+        assert code == 2 and 'truncated or corrupt' in msg and msg.count(str(src)) == 1 and 'Errno' not in msg
+    code, msg = _cli(tool, capsys, '--family', 'dna', tmp_path / 'missing.pth', tmp_path / 'out.safetensors')
+    assert code == 2 and msg == f'error: {tmp_path / "missing.pth"}: no such file'
+
+
+def test_cli_names_the_source_once_on_a_mismatch(tmp_path, capsys):
+    tool = _load_tool()
+    _, sd = _official('dna')
+    src = tmp_path / 'DNA_c.pth.tar'
+    torch.save({'state_dict': sd}, src)
+    code, msg = _cli(tool, capsys, '--family', 'dna', '--model', 'dna_a', src, tmp_path / 'dna_a.safetensors')
+    assert code == 2 and msg.startswith(f'error: {src}: official DNA checkpoint does not match dna_a')
+    assert msg.count(str(src)) == 1
+
+
+def test_output_is_atomic_and_never_overwritten_unasked(tmp_path, capsys, monkeypatch):
+    tool = _load_tool()
+    _, sd = _official('pinas')
+    src, dst = tmp_path / 'PiNAS_cls.pth.tar', tmp_path / 'pinas_cls.safetensors'
+    torch.save({'state_dict': sd}, src)
+    assert tool.main(['--family', 'pinas', str(src), str(dst)]) == 0
+    capsys.readouterr()
+    before = dst.read_bytes()
+    code, msg = _cli(tool, capsys, '--family', 'pinas', src, dst)
+    assert code == 2 and msg == f'error: {dst}: already exists; pass --overwrite (overwrite=True) to replace it'
+    with pytest.raises(FileExistsError):
+        convert_file('pinas', src, dst)
+
+    def crash(state, filename, metadata=None):  # a disk that fills up half way through the write
+        Path(filename).write_bytes(b'partial')
+        raise OSError(28, 'No space left on device')
+
+    monkeypatch.setattr(checkpoint_io, 'save_file', crash)
+    code, msg = _cli(tool, capsys, '--family', 'pinas', '--overwrite', src, dst)
+    assert code == 2 and msg == f'error: {dst}: cannot write (No space left on device)'
+    assert dst.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == sorted([src.name, dst.name])
+    code, msg = _cli(tool, capsys, '--family', 'pinas', src, tmp_path / 'new.safetensors')
+    assert code == 2 and not (tmp_path / 'new.safetensors').exists()
+    monkeypatch.undo()
+    assert tool.main(['--family', 'pinas', '--overwrite', str(src), str(dst)]) == 0
+
+
+@pytest.mark.parametrize(
+    ('file_name', 'model'),
+    [
+        ('BossNet-T0-80_8.pth', 'bossnet_t0'),
+        ('BossNet-T0-nose-80_5.pth', 'bossnet_t0_nose'),
+        ('BossNet-T1-81_9.pth', 'bossnet_t1'),
+        ('bossnet_T0.pth', 'bossnet_t0'),  # the authors' model entry points
+        ('bossnet_T0_nose.pth', 'bossnet_t0_nose'),
+        ('bossnet_T1.pth', 'bossnet_t1'),
+    ],
+)
+def test_bossnet_file_names_tell_the_model(file_name, model):
+    assert zc.infer_model_name('bossnas', {}, file_name) == model
+    assert zc.infer_model_name('bossnas', {'args': argparse.Namespace(model=file_name[:-4])}, 'ckpt.pth') == model
+
+
+def test_bossnet_entry_point_file_converts(tmp_path):
+    official = _bossnet_state_dict(hytra.SPECS['bossnet_t0_nose'])
+    src = tmp_path / 'bossnet_T0_nose.pth'
+    torch.save({'model': official, 'epoch': 299}, src)
+    convert_file('bossnas', src, tmp_path / 'out.safetensors')
+    timm.create_model('bossnet_t0_nose').load_state_dict(load_file(tmp_path / 'out.safetensors'), strict=True)
+    with pytest.raises(ValueError, match='cannot tell which bossnas model'):
+        zc.infer_model_name('bossnas', {}, 'bossnet_t2.pth')
+
+
+def test_pinas_trans_is_recognised_by_its_shapes(tmp_path, capsys):
+    tool = _load_tool()
+    trans = _fill(_pinas_official_shapes('pinas_trans'), 3)
+    assert zc.infer_model_name('pinas', {'state_dict': trans}, 'PiNAS_trans.pth') == 'pinas_trans'
+    src, dst = tmp_path / 'checkpoint.pth.tar', tmp_path / 'out.safetensors'
+    torch.save({'state_dict': trans}, src)
+    assert tool.main(['--family', 'pinas', str(src), str(dst)]) == 0
+    timm.create_model('pinas_trans').load_state_dict(load_file(dst), strict=True)
+    code, msg = _cli(tool, capsys, '--family', 'pinas', '--model', 'pinas_cls', '--overwrite', src, dst)
+    assert code == 2 and 'its per-layer shapes are those of pinas_trans: pass --model pinas_trans' in msg

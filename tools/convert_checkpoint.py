@@ -1,6 +1,6 @@
 """Convert an authors' released checkpoint into one of our models' state dicts (safetensors).
 
-Usage: python tools/convert_checkpoint.py --family bossnas|dna|pinas|nasvit [--model NAME] [--ema] SRC DST
+Usage: python tools/convert_checkpoint.py --family bossnas|dna|pinas|nasvit [--model NAME] [--ema] [--overwrite] SRC DST
 
 The key maps and the NASViT slicing rule live in ``zoo.convert`` (see docs/convert.md); this is only the command line.
 """
@@ -15,7 +15,7 @@ from zoo.convert import FAMILIES, MODELS, convert_file
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the conversion; returns 0, or 2 with the reason on stderr when the file is refused."""
+    """Run the conversion; returns 0, or 2 with one line ``error: ...`` on stderr when anything is refused."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--family', required=True, choices=FAMILIES)
     parser.add_argument(
@@ -25,14 +25,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         + '; '.join(f'{f}: {", ".join(m)}' for f, m in MODELS.items()),
     )
     parser.add_argument('--ema', action='store_true', help="convert the EMA weights ('model_ema' / 'state_dict_ema')")
+    parser.add_argument('--overwrite', action='store_true', help='replace DST if it exists (default: refuse)')
     parser.add_argument('src', help='official .pth / .pth.tar checkpoint')
-    parser.add_argument('dst', help='output .safetensors file')
+    parser.add_argument('dst', help='output .safetensors file (written atomically)')
     args = parser.parse_args(argv)
     try:
-        state = convert_file(args.family, args.src, args.dst, model_name=args.model, use_ema=args.ema)
-    except (ValueError, KeyError, FileNotFoundError) as err:
+        state = convert_file(
+            args.family, args.src, args.dst, model_name=args.model, use_ema=args.ema, overwrite=args.overwrite
+        )
+    except (ValueError, KeyError, OSError) as err:  # every message names its file (source or destination) once
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f'error: {args.src}: {message}', file=sys.stderr)
+        print(f'error: {message}', file=sys.stderr)
         return 2
     print(f'{args.dst}: {len(state)} tensors, {sum(t.numel() for t in state.values()):,} values')
     if args.family == 'nasvit':

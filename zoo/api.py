@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import os
 from os import PathLike
 from typing import Any
 
@@ -36,11 +37,14 @@ def list_models(pattern: str = '*', include_families: bool = False) -> list[str]
     return sorted(n for n in names if fnmatch.fnmatch(n, pattern))
 
 
+def _suggest(name: str) -> str:
+    close = difflib.get_close_matches(name, list(CATALOG), n=3)
+    return f'; did you mean {close}?' if close else ''
+
+
 def _record(name: str) -> ModelRecord:
     if name not in CATALOG:
-        close = difflib.get_close_matches(name, list(CATALOG), n=3)
-        hint = f'; did you mean {close}?' if close else ''
-        raise KeyError(f'unknown model {name!r}{hint} Known models: {sorted(CATALOG)}')
+        raise KeyError(f'unknown model {name!r}{_suggest(name)} Known models: {sorted(CATALOG)}')
     return CATALOG[name]
 
 
@@ -53,18 +57,31 @@ def create_model(name_or_spec: str | dict | PathLike, pretrained: bool = False, 
     """Create a model from a catalog name, a spec dict, or a spec ``.json`` file.
 
     Keyword arguments are timm's (``num_classes``, ``features_only``, ``out_indices``, ``drop_path_rate``...).
-    ``hf-hub:`` names are passed through to ``timm.create_model``.
+    ``hf-hub:`` and ``local-dir:`` names are passed through to ``timm.create_model``. A name that looks like a file
+    (a path separator, a ``.json`` suffix, or a suffix that is no tag of a catalog model) is read as a spec file, and
+    a missing one is reported as such.
     """
     if not isinstance(name_or_spec, str | PathLike):  # a spec dict; anything else fails validation clearly
         return backbones.build(validate_spec(name_or_spec), pretrained=pretrained, **kwargs)
     name = str(name_or_spec)
-    if name.endswith('.json'):
-        return backbones.build(spec_from_json(name), pretrained=pretrained, **kwargs)
-    if name.startswith('hf-hub:') or name in FAMILY_ENTRYPOINTS.values():
+    if isinstance(name_or_spec, str) and (name.startswith(_TIMM_SOURCES) or name in FAMILY_ENTRYPOINTS.values()):
         return timm.create_model(name, pretrained=pretrained, **kwargs)
     arch = name.split('.', 1)[0]
+    if isinstance(name_or_spec, PathLike) or _is_spec_path(name) or (arch not in CATALOG and os.path.isfile(name)):
+        return backbones.build(spec_from_json(name), pretrained=pretrained, **kwargs)
+    if arch not in CATALOG and '.' in name:  # 'found.spec': a file name more likely than a tag of a model
+        raise FileNotFoundError(f'spec file not found: {name} (nor is {arch!r} a catalog model{_suggest(arch)})')
     _record(arch)
     return timm.create_model(name, pretrained=pretrained, **kwargs)
+
+
+#: Name prefixes that timm resolves itself (Hub repositories and local folders saved by ``zoo.save_for_hub``).
+_TIMM_SOURCES = ('hf-hub:', 'local-dir:')
+
+
+def _is_spec_path(name: str) -> bool:
+    """A file path rather than a model name: a ``.json`` name or a path separator."""
+    return name.endswith('.json') or '/' in name or os.sep in name
 
 
 def model_info(name: str, measure: bool = False) -> dict[str, Any]:

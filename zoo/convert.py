@@ -39,22 +39,19 @@ checked against state dicts and outputs of the official model code. Whether the 
 
 from __future__ import annotations
 
-import argparse
 import os
-import pickle
 import re
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
-from safetensors.torch import save_file
 from timm.layers import make_divisible
 
 import backbones.nasvit as nv
 
+from .checkpoint_io import CheckpointRefused, check_destination, load_checkpoint, save_safetensors
 from .convert_bossnet import convert_bossnet_checkpoint
 
 __all__ = [
@@ -62,6 +59,7 @@ __all__ = [
     'MODELS',
     'NASVIT_BLOCK_OFFSETS',
     'CheckpointMismatch',
+    'CheckpointRefused',
     'convert_bossnas',
     'convert_checkpoint',
     'convert_dna',
@@ -189,7 +187,11 @@ def convert_pinas(ckpt: Mapping[str, Any], model_name: str, use_ema: bool = Fals
     """Official Pi-NAS checkpoint (PyTorch-Encoding ``alone_resnest50``) -> ``pinas_cls``: names unchanged."""
     _check_model_name('pinas', model_name)
     sd = _weights_entry(ckpt, 'pinas', use_ema)
-    _compare(sd, _model_shapes(model_name), f'official Pi-NAS checkpoint does not match {model_name}')
+    other = _pinas_by_shapes(sd)
+    what = f'official Pi-NAS checkpoint does not match {model_name}'
+    if other not in (None, model_name):
+        what = f'{what} (its per-layer shapes are those of {other}: pass --model {other}, model_name={other!r})'
+    _compare(sd, _model_shapes(model_name), what)
     return _own(sd)
 
 
@@ -418,50 +420,38 @@ def convert_checkpoint(
     return _CONVERTERS[family](checkpoint_dict, model_name, use_ema)
 
 
-# Non-tensor objects the official training scripts pickle next to the weights, and what weights_only loading
-# turns them into: DeiT / timm keep their argparse arguments; NASViT keeps its yacs config, a dict subclass that the
-# restricted unpickler can only rebuild as an OrderedDict (it sets items only on dict / OrderedDict).
-_SAFE_GLOBALS: list[Any] = [argparse.Namespace, (OrderedDict, 'yacs.config.CfgNode')]
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """``torch.load`` an official ``.pth`` / ``.pth.tar`` with ``weights_only=True`` (no arbitrary code runs)."""
-    with torch.serialization.safe_globals(_SAFE_GLOBALS):
-        try:
-            ckpt = torch.load(path, map_location='cpu', weights_only=True)
-        except pickle.UnpicklingError as err:
-            lines = [line.strip() for line in str(err).splitlines() if 'WeightsUnpickler error' in line]
-            if 'safe_globals' not in str(err):  # not a refused object: the bytes are no pickle torch can read
-                raise ValueError(f'{path}: not a readable PyTorch checkpoint ({lines[0] if lines else err})') from err
-            raise ValueError(
-                f'{path}: weights_only loading refused an object in the file (official checkpoints hold only '
-                f'tensors, argparse / yacs configs and optimizer state): {lines[0] if lines else err}'
-            ) from err
-        except (RuntimeError, EOFError, KeyError) as err:  # truncated zip, garbage bytes
-            raise ValueError(f'{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})') from err
-    if not isinstance(ckpt, Mapping):
-        raise ValueError(f'{path}: expected a checkpoint dict, got {type(ckpt).__name__}')
-    return dict(ckpt)
-
-
 def infer_model_name(family: str, ckpt: Mapping[str, Any], src: str | os.PathLike | None = None) -> str:
-    """Our model name for an official file when it is unambiguous (BossNet file names, DNA ``'arch'``, Pi-NAS).
+    """Our model name for an official file when it is unambiguous; NASViT's one supernet needs the subnet named.
 
-    NASViT ships one supernet for every subnet, so the subnet must always be named.
+    BossNet: the release names (``BossNet-T0-80_8.pth``) or the authors' model entry points (``bossnet_T0.pth``,
+    also the DeiT ``args.model`` inside the file); DNA: the ``'arch'`` entry or the file name; Pi-NAS: the
+    per-layer weight shapes, which differ between Pi-NAS-cls and Pi-NAS-trans (their block choices differ).
     """
-    stem = Path(src).name.lower() if src is not None else ''
+    name = Path(src).name.lower() if src is not None else ''
     if family == 'bossnas':
-        m = re.match(r'bossnet-(t[01])(-nose)?', stem)
-        if m:
-            return f'bossnet_{m.group(1)}' + ('_nose' if m.group(2) else '')
+        arch = str(getattr(ckpt.get('args'), 'model', '') or '').lower()
+        for text in (name, arch):
+            m = re.match(r'bossnet[-_](t[01])([-_]nose)?(?![a-z0-9])', text)
+            if m:
+                return f'bossnet_{m.group(1)}' + ('_nose' if m.group(2) else '')
     elif family == 'dna':
-        arch = str(ckpt.get('arch', '') or stem)
+        arch = str(ckpt.get('arch', '') or name)
         m = re.search(r'dna_([abcd])\b', arch.lower())
         if m:
             return f'dna_{m.group(1)}'
     elif family == 'pinas':
-        return 'pinas_cls'  # the only ImageNet checkpoint the authors released
+        return _pinas_by_shapes(ckpt) or 'pinas_cls'  # unknown shapes: refused by the conversion, key by key
     raise ValueError(f'cannot tell which {family} model this checkpoint is; name one of {list(MODELS[family])}')
+
+
+def _pinas_by_shapes(ckpt: Mapping[str, Any]) -> str | None:
+    """The Pi-NAS model whose state-dict shapes the checkpoint has exactly, if any."""
+    try:
+        sd = _weights_entry(ckpt, 'pinas', use_ema=False)
+    except (KeyError, ValueError):
+        return None
+    found = {k: tuple(v.shape) for k, v in sd.items()}
+    return next((m for m in MODELS['pinas'] if found == _model_shapes(m)), None)
 
 
 def convert_file(
@@ -470,16 +460,23 @@ def convert_file(
     dst: str | os.PathLike,
     model_name: str | None = None,
     use_ema: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Read an official checkpoint, convert it and write our state dict to ``dst`` (a ``.safetensors`` file).
 
-    ``model_name=None`` asks :func:`infer_model_name`. Returns the converted state dict.
+    ``model_name=None`` asks :func:`infer_model_name`. The output is written atomically, and an existing ``dst`` is
+    refused (before any work) unless ``overwrite``. Every error names the file it is about. Returns the state dict.
     """
     if not str(dst).endswith('.safetensors'):
-        raise ValueError(f'destination must be a .safetensors file, got {dst}')
+        raise ValueError(f'{dst}: the destination must be a .safetensors file')
+    check_destination(dst, overwrite)
     ckpt = load_checkpoint(src)
-    model_name = model_name or infer_model_name(family, ckpt, src)
-    state = convert_checkpoint(family, ckpt, model_name, use_ema=use_ema)
+    try:
+        model_name = model_name or infer_model_name(family, ckpt, src)
+        state = convert_checkpoint(family, ckpt, model_name, use_ema=use_ema)
+    except (KeyError, ValueError) as err:  # name the file once, keep the type (CheckpointMismatch...)
+        err.args = (f'{src}: {err.args[0] if err.args else err}', *err.args[1:])
+        raise
     metadata = {
         'format': 'pt',
         'family': family,
@@ -487,6 +484,5 @@ def convert_file(
         'source': Path(src).name,
         'ema': str(bool(use_ema)).lower(),
     }
-    Path(dst).parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(dst), metadata=metadata)
+    save_safetensors(state, dst, metadata=metadata, overwrite=overwrite)
     return state

@@ -13,7 +13,6 @@ official one.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 from collections.abc import Mapping
@@ -21,6 +20,8 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+
+from .checkpoint_io import load_checkpoint
 
 __all__ = ['RESATT_KEY_MAP', 'convert_bossnet_checkpoint', 'load_official_checkpoint', 'map_key']
 
@@ -96,6 +97,9 @@ def convert_bossnet_checkpoint(
 
 
 def load_official_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """``torch.load`` an official checkpoint with ``weights_only=True`` (DeiT stores its argparse args too)."""
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        return torch.load(path, map_location='cpu', weights_only=True)
+    """``torch.load`` an official checkpoint with ``weights_only=True`` (DeiT stores its argparse args too).
+
+    Errors name the file and never relay torch's advice to load with ``weights_only=False``
+    (:func:`zoo.checkpoint_io.load_checkpoint`).
+    """
+    return load_checkpoint(path)
