@@ -272,6 +272,8 @@ class ResAtt(nn.Module):
 class HyTraNet(nn.Module):
     """A network of the HyTra space (BossNet-T0/T1 and any valid ``hytra`` spec) with timm's model contract."""
 
+    __jit_unused_properties__ = ['stages']  # a list of modules TorchScript cannot type; forward does not use it
+
     def __init__(
         self,
         spec: dict,

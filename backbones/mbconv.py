@@ -305,6 +305,10 @@ def _create(variant: str, pretrained: bool = False, spec: dict | None = None, **
         kwargs['out_indices'] = check_out_indices(
             kwargs.get('out_indices', (0, 1, 2, 3, 4)), NUM_FEATURE_LEVELS, variant
         )
+        if 'feature_cfg' in kwargs or 'feature_cls' in kwargs:  # timm's generic wrappers (e.g. 'fx'), as timm does
+            model = build_model_with_cfg(MBConvNet, variant, pretrained, features_only=True, spec=spec, **kwargs)
+            model.spec = spec  # also on timm's feature wrapper
+            return model
         kwargs.pop('drop_rate')
         model = build_model_with_cfg(
             MBConvNetFeatures,

@@ -46,6 +46,7 @@ __all__ = [
     'ZooBackbone',
     'build_backbone',
     'check_config_channels',
+    'check_family',
     'check_neck_channels',
     'load_pretrained',
     'registered_in',
@@ -62,8 +63,8 @@ class ZooBackbone(BaseModule):
         model: a catalog name (``'dna_c'``), a family entry point (``'mbconv'``, with ``spec``), an ``hf-hub:``
             name or a spec ``.json`` file.
         spec: an architecture spec dict (alone, or with a family entry point as ``model``).
-        out_indices: feature levels to return (strict: an invalid index raises). ``None``: the levels at
-            strides 4, 8, 16, 32.
+        out_indices: feature levels to return (strict: an invalid index raises); an int ``n`` is the last ``n``
+            levels, as in timm. ``None``: the levels at strides 4, 8, 16, 32.
         frozen_stages: ``-1`` none; ``0`` the stem; ``k`` the stem and the first ``k`` stages (stride 4...).
         norm_eval: keep every BatchNorm in eval mode while training (small per-GPU batches).
         drop_path_rate: stochastic depth of the timm model.
@@ -74,12 +75,13 @@ class ZooBackbone(BaseModule):
     """
 
     default_model: str | None = None
+    family: str | None = None  # the family aliases (DNA, BossNet...) accept only models of their family
 
     def __init__(
         self,
         model: str | None = None,
         spec: dict | None = None,
-        out_indices: Sequence[int] | None = None,
+        out_indices: Sequence[int] | int | None = None,
         frozen_stages: int = -1,
         norm_eval: bool = False,
         drop_path_rate: float = 0.0,
@@ -101,6 +103,7 @@ class ZooBackbone(BaseModule):
         if out_indices is not None:
             kwargs['out_indices'] = tuple(out_indices) if isinstance(out_indices, list) else out_indices
         self.model = _create(model, spec, kwargs)
+        check_family(type(self), self.model_name, self.model.spec['family'])
         info = self.model.feature_info
         if out_indices is None:  # default: the stride 4..32 levels, as mm necks expect
             default = tuple(i for i, d in enumerate(info.info) if d['reduction'] >= 4)
@@ -209,6 +212,17 @@ def _create(model: str | None, spec: dict | None, kwargs: dict) -> nn.Module:
     return zoo.create_model(model, **kwargs)
 
 
+def check_family(cls: type[ZooBackbone], model_name: str, family: str) -> None:
+    """Refuse a family alias (``type='DNA'``...) whose ``model`` belongs to another family."""
+    if cls.family is None or family == cls.family:
+        return
+    right = [c.__name__ for c in _CLASSES.values() if c.family == family]
+    raise ValueError(
+        f'backbone type {cls.__name__!r} is for {cls.family} models, but model {model_name!r} is a {family} model; '
+        f"use type={right[0] if right else 'ZooBackbone'!r} or type='ZooBackbone'"
+    )
+
+
 def _grad_ckpt_target(model: nn.Module) -> nn.Module | None:
     # FeatureGetterNet (NASViT) runs the wrapped model's forward_intermediates, which honours its flag.
     for m in (model, getattr(model, 'model', None)):
@@ -296,24 +310,28 @@ class BossNet(ZooBackbone):
     """BossNet-T (HyTra family); default ``bossnet_t0``."""
 
     default_model = 'bossnet_t0'
+    family = 'hytra'
 
 
 class DNA(ZooBackbone):
     """DNA MBConv models; default ``dna_c``."""
 
     default_model = 'dna_c'
+    family = 'mbconv'
 
 
 class PiNAS(ZooBackbone):
     """Pi-NAS ResNeSt-space models; default ``pinas_trans`` (the transfer model)."""
 
     default_model = 'pinas_trans'
+    family = 'resnest'
 
 
 class NASViT(ZooBackbone):
     """NASViT models; default ``nasvit_a1``."""
 
     default_model = 'nasvit_a1'
+    family = 'nasvit'
 
 
 _CLASSES: dict[str, type[ZooBackbone]] = {c.__name__: c for c in (ZooBackbone, BossNet, DNA, PiNAS, NASViT)}

@@ -85,6 +85,7 @@ from timm.layers import ConvNormAct, DropPath, Mlp, SelectAdaptivePool2d, create
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual, SqueezeExcite
 from timm.models._features import feature_take_indices
+from timm.models._features_fx import register_notrace_module
 
 from ._features import check_out_indices
 from ._pretrained import hub_id, resolve_pretrained
@@ -270,6 +271,7 @@ def _relative_index_1d(size: int, max_offset: int, device: torch.device | None =
     return (pos[:, None] - pos[None, :]).clamp(-max_offset, max_offset) + max_offset
 
 
+@register_notrace_module  # an FX leaf: its bias lookup and windowing branch on the token grid's size
 class TalkingHeadAttention(nn.Module):
     """NASViT self-attention: q/k of width C, v of width 4C + 3x3 depthwise conv, relative position bias,
     talking heads before and after softmax, swish, projection 4C -> C.
@@ -279,9 +281,15 @@ class TalkingHeadAttention(nn.Module):
     """
 
     def __init__(
-        self, dim: int, head_dim: int = HEAD_DIM, v_expansion: int = V_EXPANSION, rpe_grid: int = RPE_GRID
+        self,
+        dim: int,
+        head_dim: int = HEAD_DIM,
+        v_expansion: int = V_EXPANSION,
+        rpe_grid: int = RPE_GRID,
+        window_size: int | None = None,
     ) -> None:
         super().__init__()
+        self.window_size = window_size
         self.num_heads = dim // head_dim
         self.head_dim = head_dim
         self.v_dim = dim * v_expansion
@@ -316,7 +324,16 @@ class TalkingHeadAttention(nn.Module):
         return self.relative_position_bias_table[idx.reshape(-1)].reshape(n, n, -1).permute(2, 0, 1)
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """Attention over the (B, N, C) tokens of an height x width grid."""
+        """Attention over the (B, N, C) tokens of an height x width grid, within windows if the grid exceeds
+        ``window_size`` (None: global attention)."""
+        size = self.window_size
+        if size is not None:  # noqa: SIM102 (separate, so that TorchScript skips the branch when size is None)
+            if height > size or width > size:
+                return self.forward_windows(x, height, width, size)
+        return self.forward_global(x, height, width)
+
+    def forward_global(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Global attention over the (B, N, C) tokens of an height x width grid."""
         batch, n, _ = x.shape
         q = self.q(x).reshape(batch, n, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k(x).reshape(batch, n, self.num_heads, self.head_dim).transpose(1, 2)
@@ -328,24 +345,23 @@ class TalkingHeadAttention(nn.Module):
         x = (attn @ v).transpose(1, 2).reshape(batch, n, self.v_dim)
         return self.proj(self.act(x))
 
+    def forward_windows(self, x: torch.Tensor, height: int, width: int, size: int) -> torch.Tensor:
+        """Attention within non-overlapping ``size`` x ``size`` windows of the (B, N, C) tokens of an H x W grid.
 
-def window_attention(attn: TalkingHeadAttention, x: torch.Tensor, height: int, width: int, size: int) -> torch.Tensor:
-    """``attn`` within non-overlapping ``size`` x ``size`` windows of the (B, N, C) tokens of an height x width grid.
-
-    The grid is zero-padded on the bottom/right to a multiple of ``size`` (as Swin pads; the padded tokens take part
-    in the attention of the border windows) and cropped back afterwards. Windows do not exchange information: the
-    attention, its relative position bias and the depthwise conv on v all see one window.
-    """
-    batch, _, chs = x.shape
-    grid = x.transpose(1, 2).reshape(batch, chs, height, width)
-    pad_h, pad_w = (-height) % size, (-width) % size
-    grid = F.pad(grid, (0, pad_w, 0, pad_h))
-    rows, cols = (height + pad_h) // size, (width + pad_w) // size
-    windows = grid.reshape(batch, chs, rows, size, cols, size).permute(0, 2, 4, 3, 5, 1)
-    out = attn(windows.reshape(batch * rows * cols, size * size, chs), size, size)
-    out = out.reshape(batch, rows, cols, size, size, chs).permute(0, 5, 1, 3, 2, 4)
-    out = out.reshape(batch, chs, rows * size, cols * size)[:, :, :height, :width]
-    return out.flatten(2).transpose(1, 2)
+        The grid is zero-padded on the bottom/right to a multiple of ``size`` (as Swin pads; the padded tokens take
+        part in the attention of the border windows) and cropped back afterwards. Windows do not exchange
+        information: the attention, its relative position bias and the depthwise conv on v all see one window.
+        """
+        batch, _, chs = x.shape
+        grid = x.transpose(1, 2).reshape(batch, chs, height, width)
+        pad_h, pad_w = (-height) % size, (-width) % size
+        grid = F.pad(grid, (0, pad_w, 0, pad_h))
+        rows, cols = (height + pad_h) // size, (width + pad_w) // size
+        windows = grid.reshape(batch, chs, rows, size, cols, size).permute(0, 2, 4, 3, 5, 1)
+        out = self.forward_global(windows.reshape(batch * rows * cols, size * size, chs), size, size)
+        out = out.reshape(batch, rows, cols, size, size, chs).permute(0, 5, 1, 3, 2, 4)
+        out = out.reshape(batch, chs, rows * size, cols * size)[:, :, :height, :width]
+        return out.flatten(2).transpose(1, 2)
 
 
 class TransformerLayer(nn.Module):
@@ -366,7 +382,7 @@ class TransformerLayer(nn.Module):
     ) -> None:
         super().__init__()
         self.norm1 = JointLayerNorm(dim)
-        self.attn = TalkingHeadAttention(dim)
+        self.attn = TalkingHeadAttention(dim, window_size=window_size)
         self.norm2 = JointLayerNorm(dim)
         self.norm3 = JointLayerNorm(dim)
         self.mlp1 = Mlp(dim, dim, act_layer=nn.SiLU)
@@ -377,16 +393,10 @@ class TransformerLayer(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.window_size = window_size
 
-    def _attention(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        size = self.window_size
-        if size is not None and (height > size or width > size):
-            return window_attention(self.attn, x, height, width, size)
-        return self.attn(x, height, width)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, chs, height, width = x.shape
         x = x.flatten(2).transpose(1, 2)
-        x = x + self.drop_path(self._attention(self.norm1(x), height, width) * (self.gamma_attn * self.scale_factor))
+        x = x + self.drop_path(self.attn(self.norm1(x), height, width) * (self.gamma_attn * self.scale_factor))
         x = x + self.drop_path(self.mlp2(self.norm3(x)) * (self.gamma_mlp * self.scale_factor))
         x = x + self.drop_path(self.mlp1(self.norm2(x)) * (self.gamma_mlp * self.scale_factor))
         return x.transpose(1, 2).reshape(batch, chs, height, width)

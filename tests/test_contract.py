@@ -99,7 +99,7 @@ def test_forward_intermediates_agrees_with_features_only(name):
 @pytest.mark.parametrize('name', MODELS)
 def test_invalid_out_indices_raise(name):
     levels = _num_levels(zoo.create_model(name))
-    for bad in [(levels,), (-levels - 1,), (0, 0), (1, -levels + 1), 2, ('a',)]:
+    for bad in [(levels,), (-levels - 1,), (0, 0), (1, -levels + 1), 0, levels + 1, True, ('a',)]:
         with pytest.raises(ValueError, match='out_indices'):
             zoo.create_model(name, features_only=True, out_indices=bad)
 

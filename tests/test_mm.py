@@ -154,6 +154,24 @@ def test_build_errors(kwargs: dict, match: str) -> None:
         mm.ZooBackbone(**kwargs)
 
 
+def test_family_alias_refuses_a_model_of_another_family() -> None:
+    match = r"type 'DNA' is for mbconv models, but model 'bossnet_t0' is a hytra model; use type='BossNet'"
+    with pytest.raises(ValueError, match=match):
+        DET_MODELS.build(dict(type='DNA', model='bossnet_t0'))
+    with pytest.raises(ValueError, match=r"type 'NASViT' is for nasvit models, but model 'spec:mbconv' is a mbconv"):
+        mm.NASViT(spec=zoo.get_spec('dna_a'))
+    assert mm.BossNet(model='bossnet_t0_nose').model_name == 'bossnet_t0_nose'  # same family: fine
+    assert mm.ZooBackbone(model='bossnet_t0_nose').out_strides == [4, 8, 16, 32]  # the generic type takes any
+
+
+def test_int_out_indices_are_the_last_levels() -> None:
+    backbone = mm.DNA(out_indices=3)
+    assert backbone.out_indices == (2, 3, 4) and backbone.out_strides == [8, 16, 32]
+    for bad in (0, 6, -1):
+        with pytest.raises(ValueError, match='out_indices'):
+            mm.DNA(out_indices=bad)
+
+
 def test_check_neck_channels() -> None:
     cfg = dict(type='DNA', out_indices=(1, 2, 3, 4))
     assert mm.check_neck_channels(cfg, [24, 40, 112, 320]) == [24, 40, 112, 320]

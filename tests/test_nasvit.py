@@ -350,22 +350,23 @@ def test_pretrained_without_weights_raises():
 
 def test_segmentation_windows_are_local_and_optional() -> None:
     """NASViT section 4.2: windows of 7 tokens a side for segmentation; None (default) is global attention."""
-    from backbones.nasvit import TalkingHeadAttention, window_attention
+    from backbones.nasvit import TalkingHeadAttention
 
     torch.manual_seed(0)
-    attn = TalkingHeadAttention(16).eval()
+    attn = TalkingHeadAttention(16, window_size=7).eval()
     x = torch.randn(2, 10 * 9, 16)  # a 10 x 9 grid: padded to 14 x 14, four windows of 7 x 7
     with torch.no_grad():
-        out = window_attention(attn, x, 10, 9, 7)
+        out = attn(x, 10, 9)
         bumped = x.clone().reshape(2, 10, 9, 16)
         bumped[:, :7, :7] += 1.0  # only the top-left window changes
-        out2 = window_attention(attn, bumped.reshape(2, 90, 16), 10, 9, 7).reshape(2, 10, 9, 16)
+        out2 = attn(bumped.reshape(2, 90, 16), 10, 9).reshape(2, 10, 9, 16)
     out = out.reshape(2, 10, 9, 16)
     assert not torch.allclose(out2[:, :7, :7], out[:, :7, :7])
     torch.testing.assert_close(out2[:, 7:], out[:, 7:])
     torch.testing.assert_close(out2[:, :7, 7:], out[:, :7, 7:])
     with torch.no_grad():  # one window covering the grid is global attention
-        torch.testing.assert_close(window_attention(attn, x[:, :49], 7, 7, 7), attn(x[:, :49], 7, 7))
+        torch.testing.assert_close(attn.forward_windows(x[:, :49], 7, 7, 7), attn.forward_global(x[:, :49], 7, 7))
+        torch.testing.assert_close(attn(x[:, :49], 7, 7), attn.forward_global(x[:, :49], 7, 7))
 
     global_model = timm.create_model('nasvit_a0', num_classes=0).eval()
     windowed = timm.create_model('nasvit_a0', num_classes=0, window_size=7).eval()
