@@ -2,7 +2,8 @@
 
 ``huggingface_hub`` asks ``HEAD`` then ``GET`` on ``/{repo_id}/resolve/{revision}/{filename}`` and needs
 ``ETag``, ``X-Repo-Commit`` and ``Content-Length``; that is all ``hf_hub_download`` uses. Repos are folders
-``<root>/<org>/<name>/``.
+``<root>/<org>/<name>/``. ``failing`` maps a repo id to an HTTP status (e.g. 503) that every request for it
+gets, as from a failing mirror.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class HubServer:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.requests: list[str] = []
+        self.failing: dict[str, int] = {}
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -49,9 +51,21 @@ class HubServer:
                 self.send_header('Content-Length', '0')
                 self.end_headers()
 
+            def _failing(self) -> bool:
+                m = _RESOLVE.match(self.path.split('?')[0])
+                status = server.failing.get(m['repo']) if m else None
+                if status is None:
+                    return False
+                self.send_response(status)
+                self.send_header('Content-Length', '0')
+                self.end_headers()
+                return True
+
             def do_HEAD(self) -> None:
                 server.requests.append(f'HEAD {self.path}')
                 path = self._file()
+                if self._failing():
+                    return
                 if path is None:
                     self._missing()
                 else:
@@ -60,6 +74,8 @@ class HubServer:
             def do_GET(self) -> None:
                 server.requests.append(f'GET {self.path}')
                 path = self._file()
+                if self._failing():
+                    return
                 if path is None:
                     self._missing()
                 else:

@@ -17,11 +17,12 @@ import timm
 from safetensors.torch import load_file
 
 import zoo
-from backbones._pretrained import hub_id
+from backbones._pretrained import HUB_ORG, hub_id
 from tests.hub_server import HubServer
-from zoo.hub import model_card, save_for_hub
+from zoo.hub import HUB_TABLE_BEGIN, HUB_TABLE_END, hub_table, model_card, save_for_hub
 
 ROOT = Path(__file__).resolve().parents[1]
+HUB = f'{HUB_ORG}/'
 
 
 def _run(code: str, env: dict[str, str]) -> str:
@@ -69,8 +70,16 @@ def test_pretrained_download_offline_and_corrupt(hub, tmp_path):
     code = f"""
         import torch, timm, zoo
         from safetensors.torch import load_file
-        from backbones._pretrained import PretrainedWeightsError, KNOWN_SHA256
+        from backbones._pretrained import PretrainedWeightsError, KNOWN_SHA256, PUBLISHED
         root = {str(root)!r}
+        # 0. unpublished tags never reach the server; publishing one (as a release would) enables its download
+        try:
+            timm.create_model('dna_a', pretrained=True)
+            raise SystemExit('an unpublished tag was downloaded')
+        except PretrainedWeightsError as err:
+            assert 'not published on the Hub yet' in str(err) and 'pretrained_cfg_overlay' in str(err), err
+        PUBLISHED.add('supernet-zoo/dna_a.official_in1k')
+        PUBLISHED.add('supernet-zoo/dna_b.official_in1k')
         # 1. a catalog model downloads its safetensors through huggingface_hub
         m = timm.create_model('dna_a', pretrained=True)
         ref = load_file(root + '/supernet-zoo/dna_a.official_in1k/model.safetensors')
@@ -104,22 +113,33 @@ def test_pretrained_download_offline_and_corrupt(hub, tmp_path):
         # the refused file was purged, so the next call downloads it again
         KNOWN_SHA256.clear()
         timm.create_model('dna_a', pretrained=True)
+        # 5. a mirror answering 5xx is reported with its status and endpoint, not as offline
+        PUBLISHED.add('supernet-zoo/dna_c.official_in1k')
+        try:
+            timm.create_model('dna_c', pretrained=True)
+            raise SystemExit('a failing mirror was not reported')
+        except PretrainedWeightsError as err:
+            assert 'the Hub at ' + {server.url!r} + ' answered HTTP 501' in str(err), err
+            assert 'offline' not in str(err).replace('not an offline problem', ''), err
         print('ok')
     """.replace('{json.dumps(spec)}', repr(spec))
+    # 501 is not in huggingface_hub's retry list; 502/503/504 end in the same error after ~23 s of back-off
+    server.failing['supernet-zoo/dna_c.official_in1k'] = 501
     assert _run(code, env).strip().endswith('ok')
     assert any('resolve/main/model.safetensors' in r for r in server.requests)
 
-    # 5. offline: the cached dna_a loads without the server; an uncached model fails with a clear message
+    # 6. offline: the cached dna_a loads without the server; an uncached model fails with a clear message
     server_down = {**env, 'HF_ENDPOINT': 'http://127.0.0.1:9', 'HF_HUB_OFFLINE': '1'}
     code = """
         import timm, zoo
-        from backbones._pretrained import PretrainedWeightsError
+        from backbones._pretrained import PretrainedWeightsError, PUBLISHED
+        PUBLISHED.update({'supernet-zoo/dna_a.official_in1k', 'supernet-zoo/pinas_cls.official_in1k'})
         timm.create_model('dna_a', pretrained=True)
         try:
             timm.create_model('pinas_cls', pretrained=True)
             raise SystemExit('loaded without cache')
         except PretrainedWeightsError as err:
-            assert 'not in the local Hub cache' in str(err), err
+            assert 'not in the local Hub cache and HF_HUB_OFFLINE=1' in str(err), err
         print('ok')
     """
     assert _run(code, server_down).strip().endswith('ok')
@@ -151,3 +171,62 @@ def test_models_without_weights_say_so():
 def test_model_card_for_a_catalog_model():
     card = model_card(timm.create_model('pinas_cls'), 'supernet-zoo/pinas_cls.official_in1k')
     assert 'license: mit' in card and 'Pi-NAS Table 2' in card and '81.6' in card
+
+
+def _registered_hub_ids() -> dict[str, str | None]:
+    """Each registered model -> the Hub id of its default tag in code (None for the family entry points)."""
+    return {n: timm.models.get_pretrained_cfg(n).hf_hub_id for n in zoo.list_models(include_families=True)}
+
+
+def test_unpublished_tags_say_so_without_the_network(monkeypatch):
+    from backbones._pretrained import PUBLISHED, WeightsNotPublishedError
+
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')  # nothing may be downloaded; the error must not be about the network
+    tags = [n for n in timm.list_pretrained() if (timm.models.get_pretrained_cfg(n).hf_hub_id or '').startswith(HUB)]
+    # the decision: timm lists every zoo tag (its cfg names a Hub id), none is published yet, the load says so
+    assert len(tags) == 17 and not PUBLISHED
+    for tag in tags:
+        with pytest.raises(WeightsNotPublishedError) as err:
+            timm.create_model(tag, pretrained=True)
+        text = str(err.value)
+        assert text.startswith(f'{tag}: the weights for this tag are not published on the Hub yet'), text
+        assert "pretrained_cfg_overlay=dict(file='model.safetensors')" in text
+        assert 'connection' not in text and 'cache' not in text
+
+
+def test_docs_models_table_agrees_with_the_code():
+    text = (ROOT / 'docs' / 'models.md').read_text()
+    section = text.split(HUB_TABLE_BEGIN, 1)[1].split(HUB_TABLE_END, 1)[0].strip()
+    documented = {}
+    for row in section.splitlines()[2:]:
+        model, _, repo, _ = (cell.strip().strip('`') for cell in row.strip('|').split('|'))
+        documented[model] = repo if repo.startswith(HUB) else None
+    assert documented == _registered_hub_ids()
+    assert section == hub_table(), 'regenerate with zoo.hub.write_hub_table("docs/models.md")'
+
+
+def test_hub_table_follows_the_published_set(monkeypatch):
+    from backbones import _pretrained
+
+    monkeypatch.setattr(_pretrained, 'PUBLISHED', {hub_id('dna_c')})
+    monkeypatch.setattr('zoo.hub.PUBLISHED', _pretrained.PUBLISHED)
+    rows = [r for r in hub_table().splitlines() if '| published |' in r]
+    assert rows == ['| `dna_c` | `dna_c.official_in1k` | `supernet-zoo/dna_c.official_in1k` | published |']
+
+
+def test_weights_that_do_not_fit_give_one_short_error(tmp_path):
+    from backbones._pretrained import PretrainedWeightsError
+
+    wrong = save_for_hub(timm.create_model('dna_b'), tmp_path / 'dna_b') / 'model.safetensors'
+    with pytest.raises(PretrainedWeightsError) as err:
+        timm.create_model('dna_a', pretrained=True, pretrained_cfg_overlay={'file': str(wrong)})
+    text = str(err.value)
+    assert text.startswith(f'{wrong} does not fit dna_a: 22 missing keys (blocks.2.3.conv_pw.weight, '), text
+    assert '131 shape mismatches (blocks.1.0.conv_dw.weight 48x1x3x3 in the file vs 48x1x5x5' in text
+    assert '(126 more)' in text and len(text) < 1000
+    with pytest.raises(PretrainedWeightsError, match=r'does not fit pinas_cls: \d+ missing keys .*; \d+ unexpected'):
+        timm.create_model('pinas_cls', pretrained=True, pretrained_cfg_overlay={'file': str(wrong)})
+    # what timm adapts itself still loads: a new head, features only, one input channel
+    right = {'file': str(wrong)}
+    for kwargs in ({'num_classes': 10}, {'features_only': True}, {'in_chans': 1}):
+        timm.create_model('dna_b', pretrained=True, pretrained_cfg_overlay=right, **kwargs)
