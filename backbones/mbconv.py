@@ -11,7 +11,7 @@ The networks are built by timm's own EfficientNet builder from arch-def strings 
 * swish (SiLU) everywhere, BN with PyTorch defaults (momentum 0.1, eps 1e-5), as the official code.
 * SE reduction width is ``int(in_chs * 0.25)`` of the block *input* channels (official ``se_reduce_mid=False``);
   timm's builder does the same with ``se_from_exp=False`` (it divides the SE ratio by the expansion), so the
-  parameter counts are exact: DNA-a/b/c/d = 4,243k / 4,918k / 5,274k / 6,409k (specs/dna.md section 4).
+  parameter counts are exact: DNA-a/b/c/d = 4,243k / 4,918k / 5,274k / 6,409k (official retraining/model.py).
 * ``drop_rate=0.2`` and ``drop_path_rate=0.2`` by default (the official code hard-codes drop-connect 0.2,
   linearly scaled by block index, exactly timm's rule).
 
@@ -118,7 +118,7 @@ def _dna(b1, b2, b3, b4, b5) -> dict:
     }
 
 
-# Layer tables of the official retraining/model.py (specs/dna.md section 4).
+# Layer tables of the official retraining/model.py (github.com/changlin31/DNA at commit 156c16c).
 SPECS: dict[str, dict] = {
     'dna_a': _dna(
         (24, 'k5e3 k3e3 k3e6'),

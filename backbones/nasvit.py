@@ -2,7 +2,7 @@
 
 Paper: "NASViT: Neural Architecture Search for Efficient Vision Transformers with Gradient Conflict-Aware Supernet
 Training" (ICLR 2022, OpenReview Qaw16njk6L; not on arXiv). Official code: github.com/facebookresearch/NASViT
-(commit 0472916, CC-BY-NC 4.0), which builds on AttentiveNAS/AlphaNet. Facts used here are in specs/nasvit.md;
+(commit 0472916, CC-BY-NC 4.0), which builds on AttentiveNAS/AlphaNet. Facts: the paper and that code;
 the derivation of the A0..A5 specs is in docs/nasvit.md.
 
 Network (the static subnet of the official supernet)::
@@ -206,7 +206,7 @@ def _token_sides(resolution: int) -> list[int]:
 
 
 def official_flops_breakdown(spec: dict, num_classes: int = 1000) -> dict[str, float]:
-    """Multiply-adds of a subnet under the official NASViT counting rule (specs/nasvit.md section 1.6).
+    """Multiply-adds of a subnet under the official NASViT counting rule (its misc/attentive_nas_eval.py).
 
     Conv part: what the repository's module hooks count on the static subnet (``misc/flops_counter.py``): every
     conv as c_in/groups * k^2 * output elements, the classifier as in*out; no bias, BN, activation, pooling or

@@ -3,7 +3,7 @@
 Weights taken out of a supernet (NASViT's sliced checkpoints, any path of a weight-sharing supernet) carry BN
 statistics of the whole supernet, not of the subnet. The official NASViT evaluation therefore resets them and
 forwards 64 training batches with training augmentation, averaging the statistics (momentum None) before every
-evaluation (specs/nasvit.md section 2.6). :func:`recalibrate_model` does that for any model;
+evaluation (NASViT's misc/attentive_nas_eval.py). :func:`recalibrate_model` does that for any model;
 ``tools/recalibrate_bn.py`` writes the recalibrated weights as safetensors.
 """
 

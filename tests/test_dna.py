@@ -1,4 +1,4 @@
-"""DNA-a..d against the official definitions (specs/dna.md section 4) and the paper's Table 2."""
+"""DNA-a..d against the official definitions (github.com/changlin31/DNA retraining/model.py) and the paper's Table 2."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import zoo
 from backbones.mbconv import MBConvNet
 
-# Parameter counts of the official retraining/model.py definitions (specs/dna.md section 4).
+# Parameter counts of the official retraining/model.py definitions (github.com/changlin31/DNA).
 OFFICIAL_PARAMS_M = {'dna_a': 4.243, 'dna_b': 4.918, 'dna_c': 5.274, 'dna_d': 6.409}
 # DNA Table 2 FLOPs (M); the paper's counter adds ~3.4% BN/activation cost to conv+FC MACs.
 TABLE2_FLOPS_M = {'dna_a': 348, 'dna_b': 406, 'dna_c': 466, 'dna_d': 611}
@@ -61,7 +61,7 @@ def test_defaults_follow_official_code():
 
 
 def test_layer_table_of_dna_c():
-    """DNA-c's searched stages as in the current official definition (specs/dna.md, issue #4)."""
+    """DNA-c's searched stages as in the current official definition (github.com/changlin31/DNA, issue #4)."""
     stages = zoo.get_spec('dna_c')['stages']
     assert [len(s) for s in stages] == [1, 2, 4, 4, 4, 4, 1]
     assert stages[4][-1] == 'ir_r1_k5_s1_e3_c112_se0.25'

@@ -64,7 +64,7 @@ def test_madds_match_table1_and_official_rule(name, size, paper, official):
     ],
 )
 def test_manual_table1_rows_from_the_space(stages, params, paper):
-    # cross-check of the generic family: analytic counts of specs/bossnas.md section 3 (no SE, ReLU)
+    # cross-check of the generic family: analytic counts of the official retraining_hytra/boss_models.py (no SE, ReLU)
     model = _meta_model('hytra', spec=_spec(stages=stages, act='relu', se=False))
     assert sum(p.numel() for p in model.parameters()) == params
     assert abs(hytra.paper_madds(model) - paper) / paper < 0.02

@@ -1,4 +1,4 @@
-"""Pi-NAS-cls / Pi-NAS-trans against the official choice vectors (specs/pinas.md) and the paper's tables."""
+"""Pi-NAS-cls / Pi-NAS-trans against the official choice vectors (github.com/Ernie1/Pi-NAS) and the paper's tables."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from timm.layers import SplitAttn
 import zoo
 from backbones.resnest import CANDIDATES
 
-# Derived from the official module definitions (specs/pinas.md section 4).
+# Derived from the official module definitions (github.com/Ernie1/Pi-NAS).
 OFFICIAL_PARAMS_M = {'pinas_cls': 27.05, 'pinas_trans': 27.04}
 # Pi-NAS Table 1/2 FLOPs (G); mmcv's counter adds ~0.9% BN/pool/activation cost to conv+FC MACs.
 PAPER_FLOPS_G = {'pinas_cls': 5.38, 'pinas_trans': 5.30}

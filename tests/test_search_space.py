@@ -36,7 +36,7 @@ DNA_C = [
 def test_dna_space_sizes_match_table1() -> None:
     space = SPACES['dna']
     per_block = [sum(len(b.ops) ** c.layers for c in b.cells) for b in space.blocks]
-    assert per_block[:5] == [288, 1548, 1548, 2808, 16848]  # specs/dna.md section 1.1 (Table 1)
+    assert per_block[:5] == [288, 1548, 1548, 2808, 16848]  # DNA paper Table 1
     # the paper's 2e17 counts six choices for the last block, which the official code fixes to MB6 3x3
     assert space.num_architectures() * 6 == pytest.approx(1.96e17, rel=0.01)
     assert SPACES['dna_single_cell'].num_architectures() == 6**18  # 6^19 with the last layer searched

@@ -7,6 +7,7 @@ Usage: python tools/bench_search.py [--space dna] [--teacher tf_efficientnet_b7]
 import sys
 
 from search.bench import main
+from zoo._cli_errors import run_cli
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -9,15 +9,18 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import sys
 
+from zoo._cli_errors import run_cli
 from zoo.benchmark import add_arguments, run_from_args
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    """Parse the options and benchmark; a user error prints one line and returns 2."""
+    parser = argparse.ArgumentParser(prog='benchmark.py', description=__doc__.splitlines()[0])
     add_arguments(parser)
-    run_from_args(parser.parse_args())
+    return run_cli(lambda: run_from_args(parser.parse_args(argv)), prog=parser.prog)
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -14,4 +14,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from seg_test import main
 
 if __name__ == '__main__':
-    main(task='mmdet')
+    from zoo._cli_errors import run_cli
+
+    sys.exit(run_cli(main, task='mmdet'))

@@ -1,16 +1,21 @@
 """Write tiny ADE20K-, Cityscapes- and COCO-format datasets, to smoke-test training configs offline in seconds.
 
+``--imagenet`` writes instead a small ImageNet-style folder ``OUT_DIR/imagenet/train/<class>/<image>`` for a
+search on a CPU (``python -m search dna --config configs/search/dna_tiny.yaml --data-dir OUT_DIR/imagenet``).
+
 The layouts are exactly those mmseg's ``ADE20KDataset`` / ``CityscapesDataset`` and mmdet's ``CocoDataset``
 read, so a real config runs on them with only ``data_root`` (and the crop) changed. Images hold a few coloured
 rectangles whose class is also in the labels, so a loss can go down.
 
 Usage: python tools/make_tiny_datasets.py OUT_DIR [--num-train 4] [--num-val 2] [--size 64]
+       python tools/make_tiny_datasets.py OUT_DIR --imagenet [--num-classes 4] [--num-train 12] [--size 40]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -135,16 +140,42 @@ def make_all(out: str | Path, num_train: int = 4, num_val: int = 2, size: int = 
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def make_imagenet(root: str | Path, num_classes: int = 4, per_class: int = 12, size: int = 40) -> Path:
+    """ImageNet layout for the search and retraining CLIs: ``root/train/<class>/<image>``; returns ``root``."""
+    from search.data import write_synthetic_image_folder
+
+    write_synthetic_image_folder(Path(root) / 'train', num_classes=num_classes, per_class=per_class, size=size)
+    return Path(root)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the options and write the sets; a bad number prints one line and returns 2."""
+    from zoo._cli_errors import positive_int, run_cli
+
+    parser = argparse.ArgumentParser(prog='make_tiny_datasets.py', description=__doc__.splitlines()[0])
     parser.add_argument('out', help='output folder')
-    parser.add_argument('--num-train', type=int, default=4)
-    parser.add_argument('--num-val', type=int, default=2)
-    parser.add_argument('--size', type=int, default=64, help='image side in pixels')
+    parser.add_argument(
+        '--imagenet', action='store_true', help='write OUT/imagenet/train/<class>/<image> (for a search) instead'
+    )
+    parser.add_argument('--num-classes', type=positive_int, default=4, help='classes of --imagenet (default: 4)')
+    parser.add_argument(
+        '--num-train', type=positive_int, default=None, help='training images (per class: 12 with --imagenet)'
+    )
+    parser.add_argument('--num-val', type=positive_int, default=2, help='validation images (default: 2)')
+    parser.add_argument('--size', type=positive_int, default=None, help='image side in pixels (default 64; 40)')
     args = parser.parse_args(argv)
-    for name, root in make_all(args.out, args.num_train, args.num_val, args.size).items():
-        print(f'{name}: {root}')
+
+    def write() -> None:
+        if args.imagenet:
+            root = make_imagenet(Path(args.out) / 'imagenet', args.num_classes, args.num_train or 12, args.size or 40)
+            print(f'imagenet: {root}')
+            return
+        for name, root in make_all(args.out, args.num_train or 4, args.num_val, args.size or 64).items():
+            print(f'{name}: {root}')
+
+    return run_cli(write, prog=parser.prog)
 
 
 if __name__ == '__main__':
-    main()
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout: find zoo/ and search/
+    sys.exit(main())

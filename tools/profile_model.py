@@ -6,6 +6,7 @@ Usage: python tools/profile_model.py bossnet_t0 --device cuda --mode train --bat
 from __future__ import annotations
 
 import argparse
+import sys
 
 import timm
 import torch
@@ -13,19 +14,27 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 import zoo  # noqa: F401  (registers the models)
+from zoo._cli_errors import positive_int, run_cli
+from zoo.benchmark import check_models
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('model')
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--mode', choices=['infer', 'train'], default='train')
-    parser.add_argument('--batch', type=int, default=64)
-    parser.add_argument('--compile', action='store_true')
-    parser.add_argument('--no-amp', action='store_true')
-    parser.add_argument('--rows', type=int, default=25)
+def main(argv: list[str] | None = None) -> int:
+    """Parse the options and profile; a user error prints one line and returns 2."""
+    parser = argparse.ArgumentParser(prog='profile_model.py', description=__doc__.splitlines()[0])
+    parser.add_argument('model', help='zoo or timm model name')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', help='torch device')
+    parser.add_argument('--mode', choices=['infer', 'train'], default='train', help='inference or a training step')
+    parser.add_argument('--batch', type=positive_int, default=64, help='batch size (default: 64)')
+    parser.add_argument('--compile', action='store_true', help='profile the torch.compile model')
+    parser.add_argument('--no-amp', action='store_true', help='fp32 on CUDA instead of bf16 autocast')
+    parser.add_argument('--rows', type=positive_int, default=25, help='kernels in the table (default: 25)')
     parser.add_argument('--out', default=None, help='write a Chrome trace here')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    return run_cli(_profile, args, prog=parser.prog)
+
+
+def _profile(args: argparse.Namespace) -> None:
+    check_models([args.model], args.device)
 
     cuda = args.device.startswith('cuda')
     torch.backends.cudnn.benchmark = cuda
@@ -64,4 +73,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -7,6 +7,7 @@ Usage: python tools/recalibrate_bn.py nasvit_a1 --weights sliced.safetensors --d
 import sys
 
 from search.recalibrate import main
+from zoo._cli_errors import run_cli
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_cli(main))

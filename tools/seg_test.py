@@ -80,4 +80,6 @@ def main(argv: list[str] | None = None, task: str = 'mmseg') -> dict:
 
 
 if __name__ == '__main__':
-    main()
+    from zoo._cli_errors import run_cli
+
+    sys.exit(run_cli(main))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,4 +78,6 @@ def main(argv: list[str] | None = None, task: str = 'mmseg') -> None:
 
 
 if __name__ == '__main__':
-    main()
+    from zoo._cli_errors import run_cli
+
+    sys.exit(run_cli(main))

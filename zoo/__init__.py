@@ -5,7 +5,7 @@ Importing ``zoo`` registers every family with timm (``timm.create_model('dna_c')
 
 from backbones import SpecError
 
-from .api import FAMILY_ENTRYPOINTS, create_model, get_spec, list_models, model_info
+from .api import FAMILY_ENTRYPOINTS, UnknownModelError, create_model, get_spec, list_models, model_info
 from .catalog import CATALOG, FlopsRule, ModelRecord
 from .flops import count_macs, count_params
 from .hub import push_to_hub, save_for_hub
@@ -18,6 +18,7 @@ __all__ = [
     'FlopsRule',
     'ModelRecord',
     'SpecError',
+    'UnknownModelError',
     'count_macs',
     'count_params',
     'create_model',

@@ -26,6 +26,13 @@ FAMILY_ENTRYPOINTS: dict[str, str] = {
 }
 
 
+class UnknownModelError(KeyError):
+    """A model name that is not in the catalog; ``str()`` gives the plain message (a bare KeyError quotes it)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ''
+
+
 def list_models(pattern: str = '*', include_families: bool = False) -> list[str]:
     """Names of the catalog's found architectures matching a shell-style ``pattern`` (sorted).
 
@@ -44,7 +51,9 @@ def _suggest(name: str) -> str:
 
 def _record(name: str) -> ModelRecord:
     if name not in CATALOG:
-        raise KeyError(f'unknown model {name!r}{_suggest(name)} Known models: {sorted(CATALOG)}')
+        close = difflib.get_close_matches(name, list(CATALOG), n=3)
+        hint = f' (did you mean {", ".join(close)}?)' if close else ''
+        raise UnknownModelError(f'unknown model {name!r}{hint}; known models: {", ".join(sorted(CATALOG))}')
     return CATALOG[name]
 
 

@@ -214,18 +214,47 @@ def save(results: list[BenchResult], out_dir: str | Path, stem: str = 'benchmark
 
 def add_arguments(parser: Any) -> None:
     """The command-line options of ``tools/benchmark.py`` and ``zoo benchmark``."""
-    parser.add_argument('--models', nargs='*', default=[])
+    from ._cli_errors import non_negative_int, positive_int
+
+    parser.add_argument('--models', nargs='*', default=[], help='zoo or timm model names (see zoo list)')
     parser.add_argument('--all', action='store_true', help='every model of the zoo')
     parser.add_argument('--peers', action='store_true', help=f'add timm peers: {", ".join(PEERS)}')
-    parser.add_argument('--device', default='cpu')
-    parser.add_argument('--batches', nargs='+', type=int, default=[1, 32])
-    parser.add_argument('--backends', nargs='+', default=['eager', 'compile', 'onnxruntime'])
-    parser.add_argument('--modes', nargs='+', default=['infer'], choices=['infer', 'train'])
-    parser.add_argument('--img-size', type=int, default=None)
+    parser.add_argument('--device', default='cpu', help='torch device: cpu, cuda, cuda:1 ... (default: cpu)')
+    parser.add_argument(
+        '--batches', nargs='+', type=positive_int, default=[1, 32], help='batch sizes to measure (default: 1 32)'
+    )
+    parser.add_argument(
+        '--backends',
+        nargs='+',
+        default=['eager', 'compile', 'onnxruntime'],
+        choices=['eager', 'compile', 'onnxruntime'],
+        help='torch eager, torch.compile, onnxruntime (CPU inference only); default: all three',
+    )
+    parser.add_argument(
+        '--modes', nargs='+', default=['infer'], choices=['infer', 'train'], help='inference and/or a training step'
+    )
+    parser.add_argument(
+        '--img-size', type=positive_int, default=None, help="input resolution (default: each model's own)"
+    )
     parser.add_argument('--no-amp', action='store_true', help='fp32 on CUDA instead of bf16 autocast')
-    parser.add_argument('--warmup', type=int, default=3)
-    parser.add_argument('--iters', type=int, default=10)
-    parser.add_argument('--out-dir', default='benchmarks')
+    parser.add_argument('--warmup', type=non_negative_int, default=3, help='untimed iterations first (default: 3)')
+    parser.add_argument('--iters', type=positive_int, default=10, help='timed iterations (default: 10)')
+    parser.add_argument(
+        '--out-dir', default='benchmarks', help='where benchmark.json and benchmark.md go (default: benchmarks)'
+    )
+
+
+def check_models(models: list[str], device: str) -> None:
+    """Refuse unknown model names and an unavailable CUDA device before anything is built."""
+    import zoo  # noqa: F401  (registers the zoo's models with timm)
+
+    from .api import UnknownModelError
+
+    unknown = [m for m in models if not timm.is_model(m.split('.', 1)[0])]
+    if unknown:
+        raise UnknownModelError(f'unknown model(s) {", ".join(unknown)}; see zoo list or timm.list_models()')
+    if device.startswith('cuda') and not torch.cuda.is_available():
+        raise ValueError(f'--device {device}: CUDA is not available on this machine; use --device cpu')
 
 
 def run_from_args(args: Any) -> list[BenchResult]:
@@ -234,7 +263,8 @@ def run_from_args(args: Any) -> list[BenchResult]:
 
     models = list(args.models) + (list_models() if args.all else []) + (list(PEERS) if args.peers else [])
     if not models:
-        raise SystemExit('name models with --models, or use --all / --peers')
+        raise ValueError('name models with --models, or use --all / --peers')
+    check_models(models, args.device)
     results = run(
         models,
         args.device,

@@ -97,7 +97,7 @@ _BOSSNAS = dict(
 NASVIT_RULE = FlopsRule(
     1.0,
     "NASViT's official counter counts convolutions, the classifier, attention projections and both attention "
-    'matmuls (specs/nasvit.md section 1.6); that is exactly what torch.utils.flop_counter counts (tested).',
+    'matmuls (official misc/attentive_nas_eval.py); that is exactly what torch.utils.flop_counter counts (tested).',
 )
 _NASVIT = dict(
     family=nasvit.FAMILY,

@@ -1,7 +1,7 @@
 """DNA: block-wise distillation of an MBConv supernet from a teacher, exhaustive rating, exact constrained search.
 
 Paper: "DNA Family: Boosting Weight-Sharing NAS with Block-Wise Supervisions" (arXiv 2403.01326), sections 3.3
-and 4.3; facts and decisions in specs/dna.md. Three stages, each resumable and each a function of this module:
+and 4.3; decisions in docs/search.md. Three stages, each resumable and each a function of this module:
 
 1. :func:`train_supernet` - every block of the supernet learns to reproduce the teacher's block output from the
    teacher's previous block output (MSE, Eq. 5/6); one uniformly sampled path per cell and step, Adam with the

@@ -1,6 +1,6 @@
 """The DNA MBConv search space and its weight-sharing supernet, built from the blocks of ``backbones/mbconv.py``.
 
-Space (DNA paper Table 1, specs/dna.md section 1.1): a fixed stem (conv3x3 s2, 32) and DS layer (16), then blocks
+Space (DNA paper Table 1 and section 4.2): a fixed stem (conv3x3 s2, 32) and DS layer (16), then blocks
 cut to match the teacher's stages; each block offers *cells* (a depth and a width) whose layers each choose one of
 six MBConv ops (kernel 3/5/7 x expansion 6/3, SE 0.25, swish; the official op order). The last block is fixed to
 MB6 3x3 by default, as in the official code (the paper lists it as searchable: pass ``ops`` to search it).
@@ -393,7 +393,7 @@ SPACES: dict[str, MBConvSpace] = {
     'dna': MBConvSpace('dna', _dna_blocks(OPS), notes='DNA Table 1 (3 cells per block, 6 ops)'),
     # The official code's default supernet: one cell per block, layers [2, 4, 4, 4, 4] (+ the fixed last layer).
     'dna_single_cell': MBConvSpace('dna_single_cell', _single_cell(OPS, (2, 4, 4, 4, 4)), notes='official default'),
-    # The 4-op space of the paper's ranking experiments (ImageNet NAS bench; specs/dna.md section 5).
+    # The 4-op space of the paper's ranking experiments (the DNA ImageNet NAS Bench in github.com/changlin31/BossNAS).
     'dna_small': MBConvSpace('dna_small', _single_cell(SMALL_OPS, (2, 4, 4, 4, 4)), notes='4-op NAS-bench space'),
     # A tiny space for tests and the CPU demo: four blocks at strides 4..32, the stages of timm's test_efficientnet.
     'tiny': MBConvSpace(
