@@ -7,6 +7,7 @@ the ones in configs/search/.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -85,6 +86,23 @@ def test_spos_tiny_search_on_the_dna_family_space(tiny_run: Path) -> None:
     assert [x['step'] for x in log] == list(range(1, 9))  # 36 training images, batch 8, 2 epochs
     assert log[0]['lr'] == [0.1] and log[-1]['lr'][0] < 0.02  # linear decay per step
     _check_found(tiny_run, 'tiny')
+
+
+def test_spos_tiny_search_is_the_resumable_evolution(tiny_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    """spos_tiny.yaml searches by evolution: every rated architecture is logged, a rerun of the search stage
+    resumes the finished evolution (nothing is rated again) and gives the same result."""
+    _, provenance = search.read_spec(tiny_run / 'arch' / 'top1.json')
+    assert provenance['searcher'] == 'evolution' and 6 <= provenance['evaluations'] <= 6 + 2 * 6
+    (state,) = (tiny_run / 'search').glob('evolution-*/evolution.json')
+    logged = (state.parent / 'evaluated.jsonl').read_text().splitlines()
+    assert len(logged) == provenance['evaluations']
+    rated = (tiny_run / 'ratings' / 'paths.jsonl').read_text().splitlines()
+    assert len(rated) == provenance['evaluations']
+    out = tmp_path / 'copy'
+    shutil.copytree(tiny_run, out)
+    _spos(TINY, out, tiny_data, '--stage', 'search', '--resume')
+    assert (out / 'ratings' / 'paths.jsonl').read_text().splitlines() == rated  # nothing rated twice
+    assert search.read_spec(out / 'arch' / 'top1.json')[1]['arch'] == provenance['arch']
 
 
 def test_spos_fairnas_tiny_search(tiny_data: Path, tmp_path: Path) -> None:
@@ -173,7 +191,10 @@ def test_random_search_respects_the_budget_and_counts_rejections() -> None:
     [
         ({'schedule': 'step'}, "schedule 'step': expected one of linear, cosine"),
         ({'recalibration': 'none'}, "recalibration 'none': expected one of reset, momentum"),
-        ({'searcher': 'evolution'}, "searcher 'evolution'"),
+        ({'searcher': 'genetic'}, "searcher 'genetic': expected one of evolution, random"),
+        ({'evolution': {'popsize': 3}}, r"evolution: unknown option\(s\) \['popsize'\]"),
+        ({'evolution': {'parents': 0}}, 'evolution: evolution parents must be >= 1'),
+        ({'evolution': {'parents': 2}}, 'top_k 3 is more than evolution parents 2'),
         ({'label_smoothing': 1.5}, 'label_smoothing must be in'),
         ({'lrr': 0.1}, r"unknown config key\(s\) \['lrr'\]"),
         ({'lr': 'fast'}, "lr='fast': expected float"),

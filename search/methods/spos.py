@@ -15,10 +15,11 @@ to 3.4); official code github.com/megvii-model/SinglePathOneShot (``src/Supernet
   paper's protocol, App. B: 20 batches, no reset). Scores are cached per architecture in
   ``ratings/paths.jsonl`` under a fingerprint of the checkpoint step and the rating options, so every evaluated
   architecture is logged and a repeated search costs nothing.
-* Search (:class:`RandomSearch`): the best ``top_k`` of ``search_samples`` distinct architectures drawn uniformly
-  under the cost budget (over-budget draws are rejected and counted). SPOS's own searcher is evolutionary
-  (population 50, 10 parents, 25 mutations with probability 0.1 and 25 crossovers, 20 iterations); it plugs in
-  here once ``search.strategies.evolution`` exists.
+* Search: ``searcher: evolution`` (:class:`EvolutionSearch`, the default) is SPOS's evolutionary search
+  (``search.strategies.evolution``: population 50, 10 parents, 25 mutations with probability 0.1 and 25
+  crossovers, 20 iterations; set by the ``evolution`` config mapping), under the cost budget, resumable from
+  ``search/evolution-<fingerprint>/``; ``searcher: random`` (:class:`RandomSearch`) keeps the best ``top_k`` of
+  ``search_samples`` distinct uniform draws under the budget, the protocol of the inter-choice paper.
 
 Works on any space of the registry whose supernet has a classifier head (``build_supernet(num_classes=...)``,
 ``supernet(x, arch)`` gives logits): the DNA MBConv spaces and the FairNAS-style ``fairnas`` space.
@@ -26,7 +27,9 @@ Works on any space of the registry whose supernet has a classifier head (``build
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,12 +45,14 @@ from .. import engine
 from ..config import ConfigError, SearchConfig
 from ..protocols import Arch, Found, StepContext
 from ..spaces import get_space
+from ..strategies.evolution import EvolutionConfig, evolution_search
 from ..strategies.traversal import recalibrate_bn
 
-__all__ = ['SPOS', 'PathRater', 'RandomSearch', 'SPOSConfig']
+__all__ = ['SPOS', 'EvolutionSearch', 'PathRater', 'RandomSearch', 'SPOSConfig']
 
 SCHEDULES = ('linear', 'cosine')
 RECALIBRATIONS = ('reset', 'momentum')
+SEARCHERS = ('evolution', 'random')
 
 
 @dataclass
@@ -75,8 +80,9 @@ class SPOSConfig(SearchConfig):
     rating_images: int = 8000  # SPOS tester.py: 40 batches of 200 held-out images
     rating_batch: int = 200
     recalibration: str = 'reset'  # 'reset' (SPOS) or 'momentum' (inter-choice paper App. B: BN stats kept, updated)
-    searcher: str = 'random'
-    search_samples: int = 1000  # SPOS evaluates 50 + 20 x 50 architectures in its evolution
+    searcher: str = 'evolution'  # SPOS (official src/Search/search.py); 'random': top-k of uniform samples
+    evolution: dict = field(default_factory=dict)  # EvolutionConfig fields; defaults: SPOS's (population 50, ...)
+    search_samples: int = 1000  # searcher 'random' only
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -84,8 +90,9 @@ class SPOSConfig(SearchConfig):
             raise ConfigError(f'schedule {self.schedule!r}: expected one of {", ".join(SCHEDULES)}')
         if self.recalibration not in RECALIBRATIONS:
             raise ConfigError(f'recalibration {self.recalibration!r}: expected one of {", ".join(RECALIBRATIONS)}')
-        if self.searcher != 'random':
-            raise ConfigError(f'searcher {self.searcher!r}: expected "random" (top-k of uniform samples under budget)')
+        if self.searcher not in SEARCHERS:
+            raise ConfigError(f'searcher {self.searcher!r}: expected one of {", ".join(SEARCHERS)}')
+        self.evolution_config()  # fails early, naming the key
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f'label_smoothing must be in [0, 1), got {self.label_smoothing}')
         for name in ('lr', 'calib_images', 'rating_images', 'rating_batch', 'search_samples'):
@@ -98,6 +105,22 @@ class SPOSConfig(SearchConfig):
             raise ConfigError(f'space {self.space!r} with space_options {self.space_options}: {reason}') from None
         if self.num_classes is not None and self.num_classes < 1:
             raise ConfigError(f'num_classes must be >= 1 (or null: from the data folder), got {self.num_classes}')
+
+    def evolution_config(self) -> EvolutionConfig:
+        """The evolution options of ``evolution:`` with the run's seed, metric and budget (checked, named)."""
+        if not isinstance(self.evolution, dict):
+            raise ConfigError(f'evolution: expected a mapping of evolution options, got {self.evolution!r}')
+        names = {f.name for f in dataclasses.fields(EvolutionConfig)} - {'seed', 'metric', 'budget'}
+        unknown = sorted(set(self.evolution) - names)
+        if unknown:
+            raise ConfigError(f'evolution: unknown option(s) {unknown}; expected some of {sorted(names)}')
+        try:
+            evo = EvolutionConfig(**self.evolution, seed=self.seed, metric=self.metric, budget=self.budget)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f'evolution: {err}') from None
+        if self.searcher == 'evolution' and self.top_k > evo.parents:
+            raise ConfigError(f'top_k {self.top_k} is more than evolution parents {evo.parents} (the kept best)')
+        return evo
 
 
 @functools.lru_cache(maxsize=4)
@@ -193,8 +216,10 @@ class SPOS:
     def rater(self, ctx: engine.DistContext) -> PathRater:
         return PathRater(self, ctx)
 
-    def searcher(self, device: torch.device | None = None) -> RandomSearch:
-        return RandomSearch(self.cfg.search_samples, self.cfg.seed)
+    def searcher(self, device: torch.device | None = None) -> EvolutionSearch | RandomSearch:
+        if self.cfg.searcher == 'random':
+            return RandomSearch(self.cfg.search_samples, self.cfg.seed)
+        return EvolutionSearch(self.cfg.evolution_config(), self.cfg.out / 'search')
 
     def provenance(self) -> dict:
         return {'searcher': self.cfg.searcher, 'score_name': 'minus held-out top-1 (%)'}
@@ -318,6 +343,42 @@ class PathRater:
 
     def score(self, arch: Arch) -> float:
         return -self.top1(arch)
+
+
+class EvolutionSearch:
+    """SPOS's evolutionary search as an engine searcher: maximises held-out top-1 (``-rated(arch)``) under budget.
+
+    The state lives in ``<root>/evolution-<fingerprint>/`` (``evolution.json`` + ``evaluated.jsonl``), keyed by the
+    rater's fingerprint when ``rated`` is a rater's bound ``score`` (the checkpoint step and the rating options): a
+    rerun with the same supernet resumes the search, a retrained supernet starts a new one instead of reusing stale
+    scores.
+    """
+
+    def __init__(self, config: EvolutionConfig, root: Path) -> None:
+        self.config, self.root = config, Path(root)
+
+    def _folder(self, rated: Any) -> Path:
+        owner = getattr(rated, '__self__', None)
+        fingerprint = owner.fingerprint() if hasattr(owner, 'fingerprint') else 'unrated'
+        return self.root / f'evolution-{hashlib.sha1(fingerprint.encode()).hexdigest()[:12]}'
+
+    def search(self, space: Any, rated: Any, metric: str, budget: float | None, top_k: int) -> list[Found]:
+        config = dataclasses.replace(self.config, metric=metric, budget=budget)
+        result = evolution_search(space, lambda arch: -rated(arch), config, self._folder(rated))
+        print(
+            f'evolution: {result.evaluations} architectures rated in {result.iterations} iterations, '
+            f'{result.rejected} children over the {metric} budget rejected'
+        )
+        extra = {'evaluations': result.evaluations, 'rejected': result.rejected}
+        return [
+            Found(
+                i.arch,
+                -i.score,
+                i.cost if i.cost is not None else space.cost(i.arch, metric),
+                {'top1': i.score, **extra},
+            )
+            for i in result.top[:top_k]
+        ]
 
 
 class RandomSearch:
