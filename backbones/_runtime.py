@@ -12,8 +12,10 @@ import contextlib
 import json
 import os
 import pickle
+import re
 import tempfile
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ import torch
 import torch.distributed as dist
 
 __all__ = [
+    'CheckpointError',
+    'CheckpointRefused',
     'DistContext',
     'atomic_write',
     'atomic_write_bytes',
@@ -81,38 +85,91 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
+class CheckpointError(RuntimeError, ValueError):
+    """A checkpoint file that cannot be used (missing keys, corrupt, truncated); the message names the file."""
+
+
+class CheckpointRefused(CheckpointError):
+    """The weights-only loader refused an object in the file (loading it could run code); names the object."""
+
+
+_REFUSED_GLOBAL = re.compile(r'GLOBAL ([\w.]+)')
+# Reasons of the weights-only unpickler that refuse an object (the others mean the bytes are not a torch pickle).
+_REFUSED_OBJECT = ('Can only', 'Trying to call', 'Trying to load', 'Unsupported global', 'Unsupported class')
+_UNPICKLER_REASON = re.compile(r'WeightsUnpickler error:\s*(.*?)(?:\n\s*\n|$)', re.S)
+# Sentences of torch's message that are advice, not the reason (the first one says to retry with weights_only=False).
+_ADVICE = ('weights_only', 'Weights only', 'WeightsUnpickler error:', 'Check the documentation', 'file an issue')
+
+
+def _one_line(text: str) -> str:
+    return ' '.join(text.split())
+
+
+def _refusal(name: str, err: pickle.UnpicklingError) -> CheckpointError:
+    """Our message for a refused or unreadable pickle: what was refused, never torch's advice to disable safety."""
+    text = str(err)
+    m = _UNPICKLER_REASON.search(text)
+    candidates = ([m.group(1)] if m else []) + text.split('\n\n')
+    reasons = [_one_line(c) for c in candidates if _one_line(c) and not any(a in c for a in _ADVICE)]
+    reason = reasons[0] if reasons else _one_line(text.split('. ')[0])
+    if 'weights_only' in reason:  # never relay the advice, whatever torch's wording becomes
+        reason = 'the weights-only loader could not read it'
+    allowed = 'checkpoints may hold only tensors, numbers, strings and plain containers'
+    m = _REFUSED_GLOBAL.search(reason)
+    if m:
+        return CheckpointRefused(
+            f'{name}: refused: the file holds a pickled {m.group(1)!r}, which the weights-only loader does not '
+            f'run (loading it could execute code); {allowed}'
+        )
+    if reason.startswith(_REFUSED_OBJECT):
+        return CheckpointRefused(f'{name}: refused by the weights-only loader ({reason}); {allowed}')
+    # Unknown opcodes and the like: bytes that are no pickle torch.save writes (garbage, cut, another format).
+    return CheckpointError(
+        f'{name}: not a readable PyTorch checkpoint: the file is truncated, corrupt or no torch.save file ({reason})'
+    )
+
+
 def load_checkpoint(
     path: str | Path,
     map_location: str | torch.device = 'cpu',
     what: str = 'checkpoint',
     required: tuple[str, ...] = (),
+    safe_globals: Sequence[Any] = (),
 ) -> dict:
     """``torch.load`` with ``weights_only=True``; every failure is one line naming ``what`` and the file.
 
-    Missing files raise ``FileNotFoundError``; truncated or corrupt files, files holding objects the safe loader
-    refuses, non-dict contents and dicts without the ``required`` keys raise ``RuntimeError``. Torch's advice to
-    retry with ``weights_only=False`` is deliberately not passed on: that would run code from the file.
+    The one checkpoint loader of the project: our training checkpoints and the authors' released files (whose
+    argparse / yacs configs ``zoo.checkpoint_io`` allows through ``safe_globals``). Missing files raise
+    ``FileNotFoundError``; truncated or corrupt files, non-dict contents and dicts without the ``required`` keys
+    raise :class:`CheckpointError` (a ``RuntimeError`` and a ``ValueError``), objects the safe loader refuses
+    :class:`CheckpointRefused`. Torch's advice to retry with ``weights_only=False`` is never passed on: that
+    would run code from the file. The torch exception is not chained, so no traceback of torch's reaches a user.
     """
     path = Path(path)
+    name = f'{what} {path}' if what else str(path)
     if not path.is_file():
-        raise FileNotFoundError(f'{what} {path} does not exist')
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:  # torch's text advises weights_only=False: never pass that on
-        if 'Unsupported global' in str(err):
-            raise RuntimeError(
-                f'{what} {path} holds Python objects that the safe loader (weights_only=True) refuses; '
-                'save plain tensors, numbers and strings instead'
+        raise FileNotFoundError(f'{name} does not exist' + (' (it is a folder)' if path.is_dir() else ''))
+    with torch.serialization.safe_globals(list(safe_globals)), warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='Detected pickle protocol')  # torch's note on old pickles
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=True)
+        except PermissionError as err:
+            raise PermissionError(f'{name} is not readable ({err.strerror})') from None
+        except pickle.UnpicklingError as err:
+            raise _refusal(name, err) from None
+        except Exception as err:  # whatever fails inside torch's reader, the file is unreadable
+            # A zip archive cut short fails as RuntimeError or a bare OSError(EINVAL), a cut legacy pickle as
+            # EOFError or struct.error, garbage as KeyError: only the size and torch's first clause are useful.
+            detail = _one_line(str(err)).split('. ')[0] if isinstance(err, RuntimeError | EOFError) else ''
+            raise CheckpointError(
+                f'{name}: not a readable PyTorch checkpoint: the file is truncated or corrupt '
+                f'({path.stat().st_size:,} bytes{"; " + detail if detail else ""})'
             ) from None
-        raise RuntimeError(f'{what} {path} is corrupt or truncated (not a torch.save file)') from None
-    except Exception as err:
-        first = str(err).split('. ')[0].strip()
-        raise RuntimeError(f'{what} {path} is corrupt or truncated ({type(err).__name__}: {first})') from err
     if not isinstance(state, dict):
-        raise RuntimeError(f'{what} {path} is corrupt: it holds a {type(state).__name__}, not a dict')
+        raise CheckpointError(f'{name}: expected a checkpoint dict, the file holds a {type(state).__name__}')
     missing = [key for key in required if key not in state]
     if missing:
-        raise RuntimeError(f'{what} {path} is not a supernet-zoo {what} (missing {missing})')
+        raise CheckpointError(f'{name} is not a supernet-zoo {what or "checkpoint"} (missing {missing})')
     return state
 
 

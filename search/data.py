@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -21,6 +20,8 @@ from typing import Any
 
 import torch
 from torch.utils.data import Dataset, Sampler
+
+from backbones._runtime import atomic_write_json
 
 from .engine import derive_seed, generator
 
@@ -88,9 +89,7 @@ def holdout_split(
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         doc = {part: [files[i] for i in idx] for part, idx in split.items()}
         doc['per_class'], doc['seed'] = per_class, seed
-        tmp = Path(path).with_name(f'.{Path(path).name}.{os.getpid()}.tmp')
-        tmp.write_text(json.dumps(doc, indent=1) + '\n')
-        os.replace(tmp, path)  # block jobs sharing an output folder may write it at the same time
+        atomic_write_json(path, doc)  # block jobs sharing an output folder may write it at the same time
     return split
 
 

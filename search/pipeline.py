@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
+from backbones._runtime import atomic_write_text
+
 from . import data as data_lib
 from . import engine
 from .emit import write_spec
@@ -137,15 +139,17 @@ def _truncate_log(path: Path, step: int) -> None:
             continue  # a line torn by the kill
         if int(record.get('step', 0)) <= step:
             keep.append(line)
-    tmp = path.with_name(f'.{path.name}.tmp')
-    tmp.write_text(''.join(x + '\n' for x in keep))
-    tmp.replace(path)
+    atomic_write_text(path, ''.join(x + '\n' for x in keep))
 
 
 def _remove_stale_tmp(folder: Path) -> None:
-    """Temporary checkpoint files of a killed writer (``.<name>.tmp-<pid>``) are never valid: remove them."""
-    for f in folder.glob('.*.tmp-*'):
-        f.unlink(missing_ok=True)
+    """Temporary files of a killed writer are never valid: remove them.
+
+    ``backbones._runtime.atomic_write`` names them ``.<name>.<random>.tmp``; ``.<name>.tmp-<pid>`` is the older form.
+    """
+    for pattern in ('.*.tmp', '.*.tmp-*'):
+        for f in folder.glob(pattern):
+            f.unlink(missing_ok=True)
 
 
 def train(method: Any, ctx: engine.DistContext, resume: bool = False) -> Path:

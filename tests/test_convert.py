@@ -596,7 +596,7 @@ def test_truncated_or_missing_checkpoint_names_the_file(tmp_path, capsys):
         code, msg = _cli(tool, capsys, '--family', 'dna', src, tmp_path / 'out.safetensors')
         assert code == 2 and 'truncated or corrupt' in msg and msg.count(str(src)) == 1 and 'Errno' not in msg
     code, msg = _cli(tool, capsys, '--family', 'dna', tmp_path / 'missing.pth', tmp_path / 'out.safetensors')
-    assert code == 2 and msg == f'error: {tmp_path / "missing.pth"}: no such file'
+    assert code == 2 and msg == f'error: {tmp_path / "missing.pth"} does not exist'
 
 
 def test_cli_names_the_source_once_on_a_mismatch(tmp_path, capsys):

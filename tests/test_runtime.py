@@ -37,22 +37,26 @@ def test_load_checkpoint_errors_name_the_file_and_never_advise_unsafe_loading(tm
         _runtime.load_checkpoint(tmp_path / 'missing.pt', what='resume state')
     truncated = tmp_path / 'truncated.pt'
     truncated.write_bytes(good.read_bytes()[:200])
-    with pytest.raises(RuntimeError, match=r'truncated\.pt is corrupt or truncated') as info:
+    with pytest.raises(
+        _runtime.CheckpointError, match=r'truncated\.pt: not a readable .* truncated or corrupt'
+    ) as info:
         _runtime.load_checkpoint(truncated)
     assert '\n' not in str(info.value)
     refused = tmp_path / 'refused.pt'
     torch.save({'step': 1, 'ratio': fractions.Fraction(1, 3)}, refused)
-    with pytest.raises(RuntimeError, match=r'refused\.pt holds Python objects .* refuses') as info:
+    with pytest.raises(
+        _runtime.CheckpointRefused, match=r"refused\.pt: refused: .* pickled 'fractions\.Fraction'"
+    ) as info:
         _runtime.load_checkpoint(refused)
     assert 'weights_only=False' not in str(info.value) and 'False' not in str(info.value)
     (tmp_path / 'junk.pt').write_bytes(b'not a checkpoint')
-    with pytest.raises(RuntimeError, match=r'junk\.pt is corrupt') as info:
+    with pytest.raises(RuntimeError, match=r'junk\.pt: not a readable PyTorch checkpoint') as info:
         _runtime.load_checkpoint(tmp_path / 'junk.pt')
     assert 'weights_only' not in str(info.value)
     with pytest.raises(RuntimeError, match=r"good\.pt is not a supernet-zoo checkpoint \(missing \['epoch'\]\)"):
         _runtime.load_checkpoint(good, required=('step', 'epoch'))
     torch.save([1, 2], tmp_path / 'list.pt')
-    with pytest.raises(RuntimeError, match='holds a list, not a dict'):
+    with pytest.raises(ValueError, match='expected a checkpoint dict, the file holds a list'):
         _runtime.load_checkpoint(tmp_path / 'list.pt')
 
 

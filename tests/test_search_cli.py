@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -88,6 +90,8 @@ def test_resume_truncates_the_log_and_removes_stale_temporary_checkpoints(tmp_pa
     pipeline._truncate_log(log, 2)
     assert [json.loads(x)['step'] for x in log.read_text().splitlines()] == [1, 2]
     (tmp_path / '.last.pt.tmp-1234').write_bytes(b'torn')
+    fd, _ = tempfile.mkstemp(prefix='.last.pt.', suffix='.tmp', dir=tmp_path)  # as backbones._runtime names it
+    os.close(fd)
     (tmp_path / 'last.pt').write_bytes(b'kept')
     pipeline._remove_stale_tmp(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ['last.pt', 'train_log.jsonl']

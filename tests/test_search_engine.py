@@ -24,7 +24,7 @@ def test_checkpoints_are_atomic_and_load_weights_only(tmp_path: Path) -> None:
     assert sorted(p.name for p in path.parent.iterdir()) == ['last.pt']  # no temporary file left
     assert engine.load_checkpoint(path)['step'] == 3
     path.write_bytes(path.read_bytes()[:40])
-    with pytest.raises(RuntimeError, match=r'last\.pt is corrupt'):
+    with pytest.raises(RuntimeError, match=r'last\.pt: not a readable PyTorch checkpoint'):
         engine.load_checkpoint(path)
     with pytest.raises(FileNotFoundError, match='does not exist'):
         engine.load_checkpoint(tmp_path / 'missing.pt')

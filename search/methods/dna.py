@@ -37,6 +37,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from backbones._runtime import atomic_write_json
+
 from .. import data as data_lib
 from .. import engine, pipeline
 from ..config import ConfigError, SearchConfig
@@ -514,9 +516,7 @@ class BlockRater:
                     'seconds': time.perf_counter() - start,
                     'candidates': rows,
                 }
-                tmp = path.with_suffix('.tmp')
-                tmp.write_text(json.dumps(doc) + '\n')
-                tmp.replace(path)
+                atomic_write_json(path, doc, indent=None)
         return results
 
 

@@ -9,7 +9,7 @@ Defaults: EfficientNet-B1's coefficients (width 1.0, depth 1.1, 240 px), since T
 "DNA-c1" (Table 4 lists c1 at 240 px next to B1). Compound scaling of a searched stage whose layers differ: widths
 are multiplied and rounded to multiples of 8 as timm does; a stage of n layers gets ceil(n x depth) layers, the
 added ones repeating the stage's last layer (EfficientNet repeats one block per stage, so it has no rule for this;
-the paper gives none either). The retraining is ``search.retrain.train`` with the ``dna`` preset unless overridden.
+the paper gives none either). The retraining is ``zoo.training.train`` with the ``dna`` preset unless overridden.
 
 Every generation is recorded in ``<output>/generations.json`` (teacher, its spec and weights, the found spec);
 re-running the driver skips finished work (each search and retraining resumes itself).
@@ -18,7 +18,6 @@ re-running the driver skips finished work (each search and retraining resumes it
 from __future__ import annotations
 
 import copy
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from typing import Any
 from timm.models._efficientnet_builder import round_channels
 
 from backbones import mbconv as mbconv_family
+from backbones._runtime import atomic_write_json
 
 from .. import engine
 from ..emit import write_spec
@@ -83,9 +83,7 @@ def compound_scale(spec: dict, width_mult: float, depth_mult: float) -> dict:
 
 
 def _record(path: Path, generations: list[dict]) -> None:
-    tmp = path.with_suffix('.tmp')
-    tmp.write_text(json.dumps(generations, indent=1) + '\n')
-    tmp.replace(path)
+    atomic_write_json(path, generations)
 
 
 def run(
