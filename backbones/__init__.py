@@ -8,18 +8,29 @@ architectures found in its paper (``SPECS``) and its timm entry points. Nothing 
 from __future__ import annotations
 
 import json
+import os
 from os import PathLike
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import timm
 import torch.nn as nn
 
 from . import hytra, mbconv, nasvit, resnest
 from ._features import check_out_indices
 from ._spec import SpecError
 
-__all__ = ['FAMILIES', 'SpecError', 'build', 'check_out_indices', 'family_of', 'load_spec', 'validate_spec']
+__all__ = [
+    'FAMILIES',
+    'SpecError',
+    'build',
+    'check_out_indices',
+    'create_model',
+    'family_of',
+    'load_spec',
+    'validate_spec',
+]
 
 FAMILIES: dict[str, ModuleType] = {
     mbconv.FAMILY: mbconv,
@@ -47,6 +58,28 @@ def validate_spec(spec: Any) -> dict:
 def build(spec: dict, pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """Build the network described by ``spec`` with timm keyword arguments (``num_classes``, ``features_only``...)."""
     return family_of(spec).build(spec, pretrained=pretrained, **kwargs)
+
+
+#: Name prefixes that timm resolves itself (Hub repositories and local folders saved by ``zoo.save_for_hub``).
+TIMM_SOURCES = ('hf-hub:', 'local-dir:')
+
+
+def create_model(source: str | dict | PathLike, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """A model from a spec dict, a spec ``.json`` file, or a model name registered with timm (``hf-hub:`` too).
+
+    The part of ``zoo.create_model`` that needs no catalog, for the code below ``zoo`` in the layering (the
+    OpenMMLab adapter, search's command-line tools); ``zoo.create_model`` adds the catalog's checks and hints.
+    """
+    if isinstance(source, dict):
+        return build(validate_spec(source), pretrained=pretrained, **kwargs)
+    name = str(source)
+    if isinstance(source, str) and name.startswith(TIMM_SOURCES):
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    if isinstance(source, PathLike) or name.endswith('.json') or '/' in name or os.sep in name:
+        return build(load_spec(source)[0], pretrained=pretrained, **kwargs)
+    if not timm.is_model(name.split('.', 1)[0]):
+        raise ValueError(f'unknown model {name!r}: neither a model registered with timm nor a spec .json file')
+    return timm.create_model(name, pretrained=pretrained, **kwargs)
 
 
 #: A spec is a few hundred bytes of JSON; a bigger "spec file" is the wrong file, refused before it is read.

@@ -35,7 +35,10 @@ except ImportError as err:  # pragma: no cover - exercised only without OpenMMLa
         '(mmcv 2.1.0 with compiled ops has to be built from source for torch 2.14)'
     ) from err
 
-from . import mm_checkpoint  # noqa: F401  (registers PlainCheckpointHook for the configs' custom_hooks)
+from . import (
+    create_model,
+    mm_checkpoint,  # noqa: F401  (registers PlainCheckpointHook for the configs' custom_hooks)
+)
 from ._pretrained import HUB_ORG, fetch_weights
 
 __all__ = [
@@ -203,13 +206,11 @@ class ZooBackbone(BaseModule):
 
 
 def _create(model: str | None, spec: dict | None, kwargs: dict) -> nn.Module:
-    import zoo  # late: zoo imports the whole package (and registers the families with timm)
-
     if model is None:
-        return zoo.create_model(spec, **kwargs)
+        return create_model(spec, **kwargs)
     if spec is not None:
         kwargs = {**kwargs, 'spec': spec}
-    return zoo.create_model(model, **kwargs)
+    return create_model(model, **kwargs)
 
 
 def check_family(cls: type[ZooBackbone], model_name: str, family: str) -> None:

@@ -59,13 +59,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from safetensors.torch import load_file, save_file
     from torch.utils.data import DataLoader
 
-    import zoo
+    import backbones
 
     from .data import build_transform, image_folder
 
     device = 'cuda' if args.device == 'auto' and torch.cuda.is_available() else args.device
     device = 'cpu' if device == 'auto' else device
-    model = zoo.create_model(args.model)
+    model = backbones.create_model(args.model)
     if args.weights:
         if not Path(args.weights).is_file():
             parser.error(f'weights file {args.weights} does not exist')

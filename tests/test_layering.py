@@ -21,8 +21,6 @@ SKIP = {'zoo.demo', 'zoo.cli'}
 KNOWN_LAZY = {
     ('zoo/demo.py', 'search'),  # the demo may import search lazily (README)
     ('zoo/demo.py', 'search.methods'),
-    ('backbones/mm.py', 'zoo'),  # registers the families with timm for OpenMMLab configs
-    ('search/recalibrate.py', 'zoo'),  # builds a zoo model to recalibrate
     ('search/methods/dna_plus.py', 'zoo.training'),  # DNA+ retrains each generation's teacher
 }
 
