@@ -242,6 +242,8 @@ def test_a_space_without_support_is_refused_and_build_supernet_checks_too() -> N
         load_config(SPOSConfig, BIAS_TINY, {'space': 'tiny'})
     with pytest.raises(ConfigError, match=r'interchoice\.variant'):
         search.build_supernet('fairnas_tiny', num_classes=4, interchoice={'variant': 'sum'})
+    with pytest.raises(ValueError, match="space 'tiny' does not support inter-choice dependent weights"):
+        search.build_supernet('tiny', num_classes=4, interchoice={'variant': 'bias'})
 
 
 # -- command line ---------------------------------------------------------------------------------------------------
