@@ -347,3 +347,9 @@ def test_split_under_two_gloo_processes_equals_one_process_with_two_accumulation
     assert any(k.startswith('interchoice.copies.') for k in params)
     for key in params:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_a_bad_interchoice_option_fails_in_one_line_on_the_command_line(tiny_data: Path, tmp_path: Path) -> None:
+    proc = _spos(BIAS_TINY, tmp_path / 'bad', tiny_data, '--set', 'interchoice={variant: bias, depth: 5}', check=False)
+    assert proc.returncode == 2 and 'interchoice.depth: 5 is not one of (1, 2, 3)' in proc.stderr, proc.stderr
+    assert 'Traceback' not in proc.stderr
