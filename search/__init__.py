@@ -5,7 +5,7 @@ from and writes the JSON that ``zoo.create_model(path)`` and ``tools/`` consume.
 SearchSpace / Supernet / Method / Rater / Searcher seams), ``engine`` (torchrun, checkpoints, logs, the staged
 ``run``), ``data``, ``spaces`` (registry: :func:`get_space`, :func:`build_supernet`), ``methods`` (registry of
 DNA, DNA+, DNA++ ...), ``strategies`` (rating traversal, exact budgeted search), ``rating`` (rank correlations),
-``bench``.
+``interchoice`` (inter-choice dependent weights, a plug-in of single-path supernets), ``bench``.
 """
 
 from typing import Any

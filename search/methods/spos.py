@@ -23,6 +23,11 @@ to 3.4); official code github.com/megvii-model/SinglePathOneShot (``src/Supernet
 
 Works on any space of the registry whose supernet has a classifier head (``build_supernet(num_classes=...)``,
 ``supernet(x, arch)`` gives logits): the DNA MBConv spaces and the FairNAS-style ``fairnas`` space.
+
+Inter-choice dependent weights (Laube and Zell, arXiv 2104.11522) plug in with the ``interchoice`` key, e.g.
+``interchoice: {variant: bias, depth: 1}`` or ``{variant: split, split_epoch: 400}``, on spaces whose supernet
+supports them (:mod:`search.interchoice`): the bias tables are decayed like the conv weights (as uninas does), and
+each step first lets the supernet split when its epoch has come.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from torch.utils.data import DataLoader, Subset
 
 from .. import data as data_lib
 from .. import engine
+from .. import interchoice as interchoice_lib
 from ..config import ConfigError, SearchConfig
 from ..protocols import Arch, Found, StepContext
 from ..spaces import get_space
@@ -83,6 +89,7 @@ class SPOSConfig(SearchConfig):
     searcher: str = 'evolution'  # SPOS (official src/Search/search.py); 'random': top-k of uniform samples
     evolution: dict = field(default_factory=dict)  # EvolutionConfig fields; defaults: SPOS's (population 50, ...)
     search_samples: int = 1000  # searcher 'random' only
+    interchoice: dict | None = None  # inter-choice dependent weights, e.g. {variant: bias, depth: 1} (module docstring)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -99,10 +106,19 @@ class SPOSConfig(SearchConfig):
             if getattr(self, name) <= 0:
                 raise ConfigError(f'{name} must be positive, got {getattr(self, name)}')
         try:
-            get_space(self.space, img_size=self.img_size, **self.space_options)
+            space = get_space(self.space, img_size=self.img_size, **self.space_options)
         except (KeyError, ValueError, TypeError) as err:
             reason = err.args[0] if isinstance(err, KeyError) else err
             raise ConfigError(f'space {self.space!r} with space_options {self.space_options}: {reason}') from None
+        options = interchoice_lib.parse_options(self.interchoice)
+        if options is not None:
+            if not getattr(space, 'supports_interchoice', False):
+                raise ConfigError(f'interchoice: space {self.space!r} does not support inter-choice dependent weights')
+            if options.variant == 'split' and options.split_epoch >= self.epochs:
+                raise ConfigError(
+                    f'interchoice.split_epoch: {options.split_epoch} >= epochs {self.epochs}: the weights would never '
+                    'split'
+                )
         if self.num_classes is not None and self.num_classes < 1:
             raise ConfigError(f'num_classes must be >= 1 (or null: from the data folder), got {self.num_classes}')
 
@@ -152,7 +168,9 @@ class SPOS:
         if self.num_classes is None:
             self.num_classes = len(self._folder().reader.class_to_idx)
         torch.manual_seed(engine.derive_seed(self.cfg.seed, 'supernet-init'))
-        options = {'drop_rate': self.cfg.drop_rate} if self.cfg.drop_rate else {}
+        options: dict[str, Any] = {'drop_rate': self.cfg.drop_rate} if self.cfg.drop_rate else {}
+        if self.cfg.interchoice is not None:
+            options['interchoice'] = self.cfg.interchoice
         try:
             self.supernet = self.space.build_supernet(num_classes=self.num_classes, **options)
         except TypeError as err:
@@ -169,13 +187,15 @@ class SPOS:
         self.supernet.train()
 
     def optimizer(self, steps_per_epoch: int) -> tuple[torch.optim.Optimizer, Any, bool]:
-        """SGD on (decayed conv/linear weights, undecayed rest); a per-step linear or cosine schedule (timm)."""
+        """SGD on (decayed conv/linear weights and inter-choice bias tables, undecayed rest); a per-step linear or
+        cosine schedule (timm)."""
         from timm.scheduler import CosineLRScheduler, PolyLRScheduler
 
         cfg = self.cfg
         decay, no_decay = [], []
+        tables = interchoice_lib.decayed_parameter_names(self.supernet)
         for name, p in self.supernet.named_parameters():
-            (decay if 'weight' in name and p.ndim > 1 else no_decay).append(p)
+            (decay if ('weight' in name and p.ndim > 1) or name in tables else no_decay).append(p)
         groups = [{'params': decay, 'weight_decay': cfg.weight_decay}, {'params': no_decay, 'weight_decay': 0.0}]
         opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
         total = max(1, steps_per_epoch * cfg.epochs)
@@ -204,6 +224,7 @@ class SPOS:
     def train_step(
         self, images: torch.Tensor, labels: torch.Tensor, paths: list[Arch], ctx: StepContext
     ) -> dict[str, torch.Tensor]:
+        interchoice_lib.start_epoch(self.supernet, ctx.epoch)  # the inter-choice split, at its epoch on every rank
         logits = ctx.model(images, paths[0])
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.cfg.label_smoothing)
         ctx.backward(loss)
@@ -260,7 +281,7 @@ class PathRater:
             ckpt = checkpoint_path(self.cfg)
             step = int(engine.load_checkpoint(ckpt)['step'])
             keys = ('space', 'space_options', 'img_size', 'seed', 'holdout_per_class')
-            keys += ('calib_images', 'rating_images', 'recalibration')
+            keys += ('calib_images', 'rating_images', 'recalibration', 'interchoice')
             self._fingerprint = json.dumps({'step': step, **{k: getattr(self.cfg, k) for k in keys}}, sort_keys=True)
         return self._fingerprint
 

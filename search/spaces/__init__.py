@@ -60,6 +60,13 @@ def get_space(name: Any, **options: Any) -> Any:
 
 
 def build_supernet(name_or_space: Any, num_classes: int = 1000, **options: Any) -> Any:
-    """The supernet of a space (by name or object); ``options`` go to the space's ``build_supernet``."""
+    """The supernet of a space (by name or object); ``options`` go to the space's ``build_supernet``
+    (``interchoice``: inter-choice dependent weights, :mod:`search.interchoice`, on spaces that support them)."""
     space_options = options.pop('space_options', {})
-    return get_space(name_or_space, **space_options).build_supernet(num_classes=num_classes, **options)
+    space = get_space(name_or_space, **space_options)
+    if options.get('interchoice') is not None and not getattr(space, 'supports_interchoice', False):
+        raise ValueError(
+            f'space {space.name!r} does not support inter-choice dependent weights (option interchoice); '
+            f'its supernet would need interchoice sites (see search/interchoice.py)'
+        )
+    return space.build_supernet(num_classes=num_classes, **options)

@@ -19,6 +19,10 @@ padding and initialisation of a path are by construction those of ``zoo.create_m
 Initialisation is timm's EfficientNet one (conv N(0, sqrt(2 / (k^2 C_out))), BN 1/0, linear uniform with the
 classifier's fan-out); uninas' ``FairNasInitializer`` equals it except for the linear layer's bound (fan-in).
 ``cost(arch, 'flops')`` is the MAC count: the paper states no FLOPs rule, and FairNAS reports multiply-adds.
+
+``build_supernet(interchoice={'variant': 'bias', 'depth': 1})`` adds the inter-choice dependent weights of
+:mod:`search.interchoice` (one site per searchable layer, in order): 61,056 bias parameters for depth 1 with 100
+classes (tested).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import cache
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -38,6 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from backbones import mbconv as mbconv_family
 from backbones._flops import count_params
 
+from ..interchoice import ChoiceSite, InterChoice, parse_options
 from ..protocols import COST_METRICS, Arch
 from .base import ChoiceSpace
 
@@ -78,6 +83,8 @@ class SinglePathMBConvSpace(ChoiceSpace):
     act_layer: str = 'relu6'
     se: bool = False
     img_size: int = 224
+    #: its supernet takes the ``interchoice`` option (:mod:`search.interchoice`)
+    supports_interchoice: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if self.act_layer not in mbconv_family.ACTIVATIONS:
@@ -174,7 +181,8 @@ class SinglePathMBConvSpace(ChoiceSpace):
         return low, high
 
     def build_supernet(self, num_classes: int = 1000, **options: Any) -> SinglePathSupernet:
-        """The weight-sharing supernet (``options``: ``in_chans``, ``drop_rate`` of the classifier)."""
+        """The weight-sharing supernet (``options``: ``in_chans``, ``drop_rate`` of the classifier, ``interchoice``:
+        the options of :func:`search.interchoice.parse_options`)."""
         return SinglePathSupernet(self, num_classes=num_classes, **options)
 
 
@@ -233,15 +241,22 @@ class SinglePathSupernet(nn.Module):
     """``supernet(x, arch)`` runs one path; ``path_state_dict(arch)`` is keyed like ``zoo.create_model(to_spec)``.
 
     ``choices[i][c]`` is op ``c`` of searchable layer ``i``; ``conv_stem``, ``bn1``, ``ds``, ``conv_head``, ``bn2``,
-    ``global_pool`` and ``classifier`` are the fixed parts (``num_classes=0``: no classifier, pooled features).
+    ``global_pool`` and ``classifier`` are the fixed parts (``num_classes=0``: no classifier, pooled features);
+    ``interchoice`` holds the inter-choice dependent weights when asked for (else ``None``).
     """
 
     def __init__(
-        self, space: SinglePathMBConvSpace, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0
+        self,
+        space: SinglePathMBConvSpace,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        drop_rate: float = 0.0,
+        interchoice: dict | None = None,
     ) -> None:
         super().__init__()
         self.space = space
         self.num_classes = num_classes
+        options = parse_options(interchoice)  # before the build: a bad option fails fast
         nets = [
             _uniform_net(space, c, num_classes, in_chans=in_chans, drop_rate=drop_rate) for c in range(len(space.ops))
         ]
@@ -252,20 +267,31 @@ class SinglePathSupernet(nn.Module):
         self.choices = nn.ModuleList(
             nn.ModuleList(net.get_submodule(prefix) for net in nets) for *_, prefix in space.layers
         )
+        self.interchoice = None if options is None else InterChoice(self.interchoice_sites(), space, options)
+
+    def interchoice_sites(self) -> list[ChoiceSite]:
+        """One site per searchable layer, in order: its input width is the previous layer's output width."""
+        widths = [self.space.ds_width] + [w for w, n, _ in self.space.stages for _ in range(n)]
+        return [ChoiceSite(i, widths[i], self.choices[i]) for i in range(len(self.choices))]
+
+    def _op(self, i: int, arch: Arch) -> nn.Module:
+        return self.choices[i][arch[i]] if self.interchoice is None else self.interchoice.candidate(i, arch)
 
     def _path(self, arch: Sequence[int]) -> list[tuple[str, nn.Module]]:
         arch = self.space.check(arch)
         fixed = [('conv_stem', self.conv_stem), ('bn1', self.bn1), ('blocks.0.0', self.ds)]
-        layers = [
-            (prefix, self.choices[i][c])
-            for i, (c, (*_, prefix)) in enumerate(zip(arch, self.space.layers, strict=True))
-        ]
+        layers = [(prefix, self._op(i, arch)) for i, (*_, prefix) in enumerate(self.space.layers)]
         return fixed + layers + [('conv_head', self.conv_head), ('bn2', self.bn2), ('classifier', self.classifier)]
 
     def forward(self, x: torch.Tensor, arch: Sequence[int]) -> torch.Tensor:
-        """Logits of the path ``arch`` (timm ``EfficientNet.forward``: trunk, head, pool, dropout, classifier)."""
+        """Logits of the path ``arch`` (timm ``EfficientNet.forward``: trunk, head, pool, dropout, classifier); the
+        inter-choice bias of layer ``i`` is added to that layer's input."""
+        arch = self.space.check(arch)
         path = self._path(arch)
-        for _, mod in path[:-1]:
+        first = 3  # the searchable layers follow conv_stem, bn1 and the DS layer
+        for j, (_, mod) in enumerate(path[:-1]):
+            if self.interchoice is not None and first <= j < first + len(arch):
+                x = self.interchoice.add_bias(j - first, x, arch)
             x = mod(x)
         x = self.global_pool(x)
         if self.drop_rate > 0.0:
@@ -273,7 +299,8 @@ class SinglePathSupernet(nn.Module):
         return self.classifier(x)
 
     def path_state_dict(self, arch: Sequence[int]) -> dict[str, torch.Tensor]:
-        """The weights (and BN buffers) of the path, named as in the zoo network of ``space.to_spec(arch)``."""
+        """The weights (and BN buffers) of the path, named as in the zoo network of ``space.to_spec(arch)`` (after
+        an inter-choice split: the copies this path runs; the bias tables belong to the supernet only)."""
         return {f'{prefix}.{n}': t for prefix, mod in self._path(arch) for n, t in mod.state_dict().items()}
 
 
