@@ -230,3 +230,16 @@ def test_weights_that_do_not_fit_give_one_short_error(tmp_path):
     right = {'file': str(wrong)}
     for kwargs in ({'num_classes': 10}, {'features_only': True}, {'in_chans': 1}):
         timm.create_model('dna_b', pretrained=True, pretrained_cfg_overlay=right, **kwargs)
+
+
+def test_recorded_checksums_are_keyed_by_the_repo_each_model_downloads_from():
+    """KNOWN_SHA256 is read with the repo of the model's pretrained_cfg; the catalog must key it the same way."""
+    import timm
+
+    from zoo.catalog import CATALOG, weights_repo
+
+    for name in CATALOG:
+        model = timm.create_model(name, pretrained=False)
+        assert weights_repo(name) == model.pretrained_cfg['hf_hub_id'], name
+    assert weights_repo('nasvit_a0') == 'supernet-zoo/nasvit_a0.supernet_in1k'  # not <name>.official_in1k
+    assert weights_repo('pinas_trans') == 'supernet-zoo/pinas_trans.in1k'

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from timm.models import get_pretrained_cfg
+
 import backbones
 from backbones import hytra, mbconv, nasvit, resnest
-from backbones._pretrained import KNOWN_SHA256, hub_id
+from backbones._pretrained import KNOWN_SHA256
 
 
 @dataclass(frozen=True)
@@ -171,4 +173,11 @@ def _with_spec(record: ModelRecord) -> ModelRecord:
 
 CATALOG: dict[str, ModelRecord] = {r.name: _with_spec(r) for r in _RECORDS}
 
-KNOWN_SHA256.update({hub_id(r.name): r.weights_sha256 for r in CATALOG.values() if r.weights_sha256})
+
+def weights_repo(name: str) -> str | None:
+    """The Hub repo of a catalog model's default weights, as its registered ``pretrained_cfg`` names it (the tag
+    differs per family: ``official_in1k``, ``supernet_in1k`` for NASViT, ``in1k`` for Pi-NAS-trans)."""
+    return get_pretrained_cfg(name).hf_hub_id
+
+
+KNOWN_SHA256.update({weights_repo(r.name): r.weights_sha256 for r in CATALOG.values() if r.weights_sha256})
