@@ -15,7 +15,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from . import hytra, mbconv, nasvit, resnest
+from . import hytra, mbconv, nasvit, nb201, resnest
 from ._features import check_out_indices
 from ._spec import SpecError
 
@@ -26,6 +26,7 @@ FAMILIES: dict[str, ModuleType] = {
     resnest.FAMILY: resnest,
     nasvit.FAMILY: nasvit,
     hytra.FAMILY: hytra,
+    nb201.FAMILY: nb201,
 }
 
 
