@@ -325,8 +325,8 @@ class NB201Net(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-# features_only: timm's FeatureListNet over stem, stages.0..2 (flattened), with the model's parameter names
-_create = FamilyBuilder(NB201Net, SPECS, validate_spec, NUM_FEATURE_LEVELS, feature_cfg={'flatten_sequential': True})
+# features_only: timm's FeatureGetterNet (forward_intermediates, parameter names under 'model.')
+_create = FamilyBuilder(NB201Net, SPECS, validate_spec, NUM_FEATURE_LEVELS, feature_cfg={'feature_cls': 'getter'})
 
 
 def build(spec: dict, pretrained: bool = False, **kwargs: Any) -> nn.Module:
