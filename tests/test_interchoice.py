@@ -27,7 +27,9 @@ from tests.test_search_dna import ENV, _free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIAS_TINY = ROOT / 'configs/search/interchoice_bias_tiny.yaml'
-SPLIT_TINY = ROOT / 'configs/search/interchoice_split_tiny.yaml'
+SPLIT_TINY = ROOT / 'configs/search/interchoice_split_tiny.yaml'  # both on nb201_tiny
+FAIRNAS_BIAS_TINY = ROOT / 'configs/search/interchoice_bias_fairnas_tiny.yaml'
+FAIRNAS_SPLIT_TINY = ROOT / 'configs/search/interchoice_split_fairnas_tiny.yaml'
 
 
 def _count(module: nn.Module) -> int:
@@ -83,6 +85,40 @@ def test_nb201_bias_counts_follow_from_the_sequential_priors(depth: int, extra: 
     decisions, channels = [s.decision for s in sites], [s.in_channels for s in sites]
     assert bias_parameter_count(decisions, channels, (5,) * 6, depth) == extra
     assert '0' not in ic.tables and ic.tables['1'].shape == (5, 5, 16)  # cell 1's e1 depends on e0 only
+
+
+@pytest.mark.parametrize(('depth', 'extra'), [(1, 33_200), (2, 164_400), (3, 812_400)])
+def test_the_nb201_supernet_adds_the_paper_bias_counts(depth: int, extra: int) -> None:
+    base = search.build_supernet('nb201', num_classes=10)
+    net = search.build_supernet('nb201', num_classes=10, interchoice={'variant': 'bias', 'depth': depth})
+    assert _count(net) - _count(base) == extra
+
+
+def test_nb201_paths_with_interchoice_weights_are_the_zoo_models() -> None:
+    """Zero biases change nothing; after a split a path runs (and path_state_dict holds) its prior's copies."""
+    space = search.get_space('nb201_tiny')
+    gen = torch.Generator().manual_seed(0)
+    archs = [space.sample(gen) for _ in range(3)]
+    x = torch.randn(2, 3, 32, 32)
+    base = search.build_supernet(space, num_classes=4).eval()
+    bias = search.build_supernet(space, num_classes=4, interchoice={'variant': 'bias', 'depth': 2}).eval()
+    bias.load_state_dict(base.state_dict(), strict=False)
+    split = search.build_supernet(space, num_classes=4, interchoice={'variant': 'split', 'split_epoch': 0})
+    split.load_state_dict(base.state_dict(), strict=False)
+    split.interchoice.split()
+    for arch in archs:
+        _sgd_step(split, arch)  # the copies of this path's priors move away from the live weights
+    split.eval()
+    with torch.no_grad():
+        for arch in archs:
+            assert torch.equal(bias(x, arch), base(x, arch))
+            model = zoo.create_model(space.to_spec(arch), num_classes=4).eval()
+            model.load_state_dict(split.path_state_dict(arch), strict=True)
+            assert torch.equal(model(x), split(x, arch))
+            assert not torch.equal(split(x, arch), base(x, arch))
+        for table in bias.interchoice.tables.values():
+            table.fill_(0.1)
+        assert not torch.equal(bias(x, archs[0]), base(x, archs[0]))
 
 
 def test_topology_aware_priors_are_cycled_over_the_cells() -> None:
@@ -144,7 +180,8 @@ def test_a_previous_choice_selects_which_bias_entry_gets_the_gradient(depth: int
 def test_bias_tables_are_decayed_like_conv_weights(tmp_path: Path) -> None:
     """uninas decays every parameter with ndim > 1 not named ``*.bias``: its ``_biases`` table included."""
     overrides = {'output': str(tmp_path), 'num_classes': 4}
-    method = SPOS(load_config(SPOSConfig, BIAS_TINY, overrides))
+    assert load_config(SPOSConfig, FAIRNAS_SPLIT_TINY, {}).interchoice == {'variant': 'split', 'split_epoch': 1}
+    method = SPOS(load_config(SPOSConfig, FAIRNAS_BIAS_TINY, overrides))
     method.build(engine.init_distributed('cpu'))
     opt, *_ = method.optimizer(4)
     decayed = {id(p) for p in opt.param_groups[0]['params']}
@@ -239,7 +276,7 @@ def test_bad_interchoice_options_are_named(interchoice: object, message: str) ->
 
 def test_a_space_without_support_is_refused_and_build_supernet_checks_too() -> None:
     with pytest.raises(ConfigError, match="interchoice: space 'tiny' does not support"):
-        load_config(SPOSConfig, BIAS_TINY, {'space': 'tiny'})
+        load_config(SPOSConfig, BIAS_TINY, {'space': 'tiny', 'space_options': {}})
     with pytest.raises(ConfigError, match=r'interchoice\.variant'):
         search.build_supernet('fairnas_tiny', num_classes=4, interchoice={'variant': 'sum'})
     with pytest.raises(ValueError, match="space 'tiny' does not support inter-choice dependent weights"):
@@ -279,11 +316,12 @@ def _found_model(run: Path, options: dict) -> tuple[nn.Module, nn.Module, tuple[
     """The trained supernet and the zoo network of top1.json carrying its path weights."""
     spec, provenance = search.read_spec(run / 'arch' / 'top1.json')
     assert provenance['config']['interchoice'] == options
-    supernet = search.build_supernet('fairnas_tiny', num_classes=4, interchoice=options)
+    assert provenance['space'] == 'nb201_tiny' and spec['family'] == 'nb201'
+    supernet = search.build_supernet('nb201_tiny', num_classes=4, interchoice=options)
     supernet.load_state_dict(_weights(run / 'checkpoints' / 'last.pt'))
     model = zoo.create_model(str(run / 'arch' / 'top1.json'), num_classes=4).eval()
     arch = tuple(provenance['arch'])
-    assert search.get_space('fairnas_tiny').from_spec(spec) == arch
+    assert search.get_space('nb201_tiny').from_spec(spec) == arch
     model.load_state_dict(supernet.path_state_dict(arch), strict=True)
     return supernet.eval(), model, arch
 
@@ -311,10 +349,15 @@ def test_split_config_runs_on_the_command_line_and_emits_a_spec_the_zoo_builds(s
     with torch.no_grad():
         assert torch.equal(model(x), supernet(x, arch))
     # copies trained after the split differ from the live weights they started from
-    state = _weights(split_run / 'checkpoints' / 'last.pt')
-    copies = [k for k in state if k.startswith('interchoice.copies.') and k.endswith('conv_pw.weight')]
-    live = [f'choices.{k.split(".")[2]}.{k.split(".", 4)[-1]}' for k in copies]
-    assert any(not torch.equal(state[c], state[n]) for c, n in zip(copies, live, strict=True))
+    ic = supernet.interchoice
+    moved = [
+        not torch.equal(t, ic._sites[k].candidates.state_dict()[name])
+        for k in ic._slots
+        for clone in ic.copies[str(k)]
+        for name, t in clone.state_dict().items()
+        if name.endswith('weight')
+    ]
+    assert moved and any(moved)
 
 
 def test_split_run_killed_after_the_split_resumes_to_the_same_weights(

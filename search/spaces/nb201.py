@@ -32,12 +32,13 @@ pooling, BN and additions are free), as NAS-Bench-201's own FLOPs count multiply
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import cache
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -46,6 +47,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from backbones import nb201 as nb201_family
 from backbones._flops import count_params
 
+from ..interchoice import ChoiceSite, InterChoice, parse_options
 from ..protocols import COST_METRICS, Arch
 from .base import ChoiceSpace
 
@@ -65,6 +67,8 @@ class NB201Space(ChoiceSpace):
     cells_per_stage: int = 2
     skip: str = nb201_family.DEFAULT_SKIP
     img_size: int = 32
+    #: its supernet takes the ``interchoice`` option (:mod:`search.interchoice`)
+    supports_interchoice: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if self.subspace not in SUBSPACES:
@@ -136,7 +140,8 @@ class NB201Space(ChoiceSpace):
         return low, high
 
     def build_supernet(self, num_classes: int = 10, **options: Any) -> NB201Supernet:
-        """The weight-sharing supernet (``options``: ``in_chans``, ``drop_rate`` of the classifier)."""
+        """The weight-sharing supernet (``options``: ``in_chans``, ``drop_rate`` of the classifier, ``interchoice``:
+        the options of :func:`search.interchoice.parse_options`)."""
         return NB201Supernet(self, num_classes=num_classes, **options)
 
 
@@ -199,7 +204,8 @@ class EdgeChoice(nn.Module):
 
     ``decision`` is the index of the path entry this edge reads (its edge number e0..e5); ``channels`` the width of
     its input (and output); ``choice`` is the op the supernet set for the current forward; ``forward(x)`` runs
-    ``candidates[choice](x)``.
+    ``candidates[choice](x)``, or ``route(x)`` when the supernet set one for this forward (inter-choice weights:
+    the bias added to the input, the candidate picked by the previous choices after a split).
     """
 
     def __init__(self, decision: int, channels: int, skip: str) -> None:
@@ -207,9 +213,12 @@ class EdgeChoice(nn.Module):
         self.decision = decision
         self.channels = channels
         self.choice = 0
+        self.route: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.candidates = nn.ModuleList(nb201_family.make_op(op, channels, skip) for op in nb201_family.OPS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.route is not None:
+            return self.route(x)
         return self.candidates[self.choice](x)
 
     def extra_repr(self) -> str:
@@ -224,11 +233,25 @@ class NB201Supernet(nb201_family.NB201Net):
     supernet is no single network.
     """
 
-    def __init__(self, space: NB201Space, num_classes: int = 10, in_chans: int = 3, drop_rate: float = 0.0) -> None:
+    def __init__(
+        self,
+        space: NB201Space,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        drop_rate: float = 0.0,
+        interchoice: dict | None = None,
+    ) -> None:
+        options = parse_options(interchoice)  # before the build: a bad option fails fast
         any_arch = tuple(space.allowed(e)[0] for e in range(len(space.num_choices)))
         super().__init__(space.to_spec(any_arch), num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
         self.space = space
         self.spec = None
+        self.interchoice = None if options is None else InterChoice(self.interchoice_sites(), space, options)
+
+    def interchoice_sites(self) -> list[ChoiceSite]:
+        """One site per edge of every cell, in the order the forward runs them (cell by cell, e0..e5): sites of
+        the same edge in different cells share their decision; the input width is the cell's."""
+        return [ChoiceSite(m.decision, m.channels, m.candidates) for m in self.choice_modules()]
 
     def make_edge(self, index: int, op: str, channels: int, skip: str) -> nn.Module:
         return EdgeChoice(index, channels, skip)
@@ -240,14 +263,21 @@ class NB201Supernet(nb201_family.NB201Net):
     def set_arch(self, arch: Sequence[int]) -> Arch:
         """Point every choice at the op of ``arch`` (checked against the sub-space); returns the canonical arch."""
         arch = self.space.check(arch)
-        for m in self.choice_modules():
+        ic = self.interchoice
+        for k, m in enumerate(self.choice_modules()):
             m.choice = arch[m.decision]
+            m.route = None if ic is None else functools.partial(_interchoice_route, ic, k, arch)
         return arch
 
     def forward(self, x: torch.Tensor, arch: Sequence[int]) -> torch.Tensor:  # type: ignore[override]
         """Logits of the path ``arch`` (the family's forward with the chosen candidates)."""
         self.set_arch(arch)
-        return super().forward(x)
+        try:
+            return super().forward(x)
+        finally:
+            if self.interchoice is not None:
+                for m in self.choice_modules():
+                    m.route = None  # no reference to this path outlives the forward
 
     def path_state_dict(self, arch: Sequence[int]) -> dict[str, torch.Tensor]:
         """The weights (and BN buffers) of the path, named as in the zoo network of ``space.to_spec(arch)``."""
@@ -255,6 +285,8 @@ class NB201Supernet(nb201_family.NB201Net):
         decisions = {name: m.decision for name, m in self.named_modules() if isinstance(m, EdgeChoice)}
         out = {}
         for key, tensor in self.state_dict().items():
+            if key.startswith('interchoice.'):
+                continue  # bias tables belong to the supernet; split copies are taken below
             head, sep, rest = key.partition('.candidates.')
             if not sep:
                 out[key] = tensor
@@ -262,7 +294,16 @@ class NB201Supernet(nb201_family.NB201Net):
             op, _, tail = rest.partition('.')
             if int(op) == arch[decisions[head]]:
                 out[f'{head}.{tail}'] = tensor
+        if self.interchoice is not None:  # after a split, a site runs the copy of its prior's choice
+            for k, name in enumerate(decisions):
+                for key, tensor in self.interchoice.candidate(k, arch).state_dict().items():
+                    out[f'{name}.{key}'] = tensor
         return out
+
+
+def _interchoice_route(ic: InterChoice, k: int, arch: Arch, x: torch.Tensor) -> torch.Tensor:
+    """Site ``k`` of the path ``arch`` with inter-choice weights: its bias on the input, then its candidate."""
+    return ic.candidate(k, arch)(ic.add_bias(k, x, arch))
 
 
 #: Named spaces: the paper's (C 16, 2 cells a stage) and a tiny one (C 4, 1 cell a stage) for tests and CPU demos.
