@@ -17,7 +17,7 @@ from typing import Any
 import timm
 import torch.nn as nn
 
-from . import hytra, mbconv, nasvit, resnest
+from . import hytra, mbconv, nasvit, nb201, resnest
 from ._features import check_out_indices
 from ._spec import SpecError
 
@@ -37,6 +37,7 @@ FAMILIES: dict[str, ModuleType] = {
     resnest.FAMILY: resnest,
     nasvit.FAMILY: nasvit,
     hytra.FAMILY: hytra,
+    nb201.FAMILY: nb201,
 }
 
 

@@ -57,14 +57,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, SEModule, create_act_layer, create_classifier
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from timm.models.resnet import downsample_avg
 
-from ._features import check_out_indices
+from ._builder import FamilyBuilder
 from ._flops import count_macs
-from ._pretrained import hub_id, resolve_pretrained
+from ._pretrained import hub_id
 from ._spec import SpecError, check_choice, check_header, check_list
 
 __all__ = [
@@ -437,17 +437,8 @@ def paper_madds(model: nn.Module, input_size: Sequence[int] = (3, 224, 224)) -> 
     return count_macs(model, input_size)
 
 
-def _create(variant: str, pretrained: bool = False, spec: dict | None = None, **kwargs: Any) -> HyTraNet:
-    spec = validate_spec(SPECS[variant] if spec is None else spec)
-    kwargs = resolve_pretrained(variant, pretrained, kwargs)
-    if kwargs.get('features_only'):
-        kwargs['out_indices'] = check_out_indices(
-            kwargs.get('out_indices', tuple(range(NUM_FEATURE_LEVELS))), NUM_FEATURE_LEVELS, variant
-        )
-    # features_only: timm's FeatureListNet over the top-level children (stem, layer1..4), same parameter names
-    model = build_model_with_cfg(HyTraNet, variant, pretrained, spec=spec, **kwargs)
-    model.spec = spec  # also on the feature wrapper
-    return model
+# features_only: timm's FeatureListNet over the top-level children (stem, layer1..4), same parameter names
+_create = FamilyBuilder(HyTraNet, SPECS, validate_spec, NUM_FEATURE_LEVELS)
 
 
 def build(spec: dict, pretrained: bool = False, **kwargs: Any) -> nn.Module:

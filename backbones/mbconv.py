@@ -47,8 +47,8 @@ from timm.models._builder import pretrained_cfg_for_features
 from timm.models._efficientnet_builder import decode_arch_def
 from timm.models.efficientnet import EfficientNet, EfficientNetFeatures
 
-from ._features import check_out_indices
-from ._pretrained import hub_id, resolve_pretrained
+from ._builder import FamilyBuilder
+from ._pretrained import hub_id
 from ._spec import SpecError, check_choice, check_header, check_int, check_list
 
 __all__ = ['ACTIVATIONS', 'FAMILY', 'SPECS', 'SPEC_VERSION', 'MBConvNet', 'MBConvNetFeatures', 'build', 'validate_spec']
@@ -296,32 +296,31 @@ class MBConvNetFeatures(EfficientNetFeatures):
         self.spec = spec
 
 
-def _create(variant: str, pretrained: bool = False, spec: dict | None = None, **kwargs: Any) -> nn.Module:
-    spec = validate_spec(SPECS[variant] if spec is None else spec)
-    kwargs = resolve_pretrained(variant, pretrained, kwargs)
-    kwargs.setdefault('drop_rate', 0.2)
-    kwargs.setdefault('drop_path_rate', 0.2)
-    if kwargs.pop('features_only', False):
-        kwargs['out_indices'] = check_out_indices(
-            kwargs.get('out_indices', (0, 1, 2, 3, 4)), NUM_FEATURE_LEVELS, variant
-        )
-        if 'feature_cfg' in kwargs or 'feature_cls' in kwargs:  # timm's generic wrappers (e.g. 'fx'), as timm does
-            model = build_model_with_cfg(MBConvNet, variant, pretrained, features_only=True, spec=spec, **kwargs)
-            model.spec = spec  # also on timm's feature wrapper
-            return model
-        kwargs.pop('drop_rate')
-        model = build_model_with_cfg(
-            MBConvNetFeatures,
-            variant,
-            pretrained,
-            pretrained_strict=False,
-            kwargs_filter=('num_classes', 'num_features', 'head_conv', 'global_pool'),
-            spec=spec,
-            **kwargs,
-        )
-        model.pretrained_cfg = model.default_cfg = pretrained_cfg_for_features(model.pretrained_cfg)
-        return model
-    return build_model_with_cfg(MBConvNet, variant, pretrained, spec=spec, **kwargs)
+def _features_model(variant: str, pretrained: bool, spec: dict, kwargs: dict) -> nn.Module:
+    """timm's ``EfficientNetFeatures`` (no head, no dropout) for ``features_only`` without a timm wrapper."""
+    kwargs.pop('drop_rate')
+    model = build_model_with_cfg(
+        MBConvNetFeatures,
+        variant,
+        pretrained,
+        pretrained_strict=False,
+        kwargs_filter=('num_classes', 'num_features', 'head_conv', 'global_pool'),
+        spec=spec,
+        **kwargs,
+    )
+    model.pretrained_cfg = model.default_cfg = pretrained_cfg_for_features(model.pretrained_cfg)
+    return model
+
+
+# features_only: timm's EfficientNetFeatures, unless timm's generic wrappers are asked for (e.g. 'fx'), as timm does
+_create = FamilyBuilder(
+    MBConvNet,
+    SPECS,
+    validate_spec,
+    NUM_FEATURE_LEVELS,
+    defaults={'drop_rate': 0.2, 'drop_path_rate': 0.2},
+    features_builder=_features_model,
+)
 
 
 def build(spec: dict, pretrained: bool = False, **kwargs: Any) -> nn.Module:

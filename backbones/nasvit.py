@@ -82,13 +82,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ConvNormAct, DropPath, Mlp, SelectAdaptivePool2d, create_conv2d, make_divisible, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual, SqueezeExcite
 from timm.models._features import feature_take_indices
 from timm.models._features_fx import register_notrace_module
 
-from ._features import check_out_indices
-from ._pretrained import hub_id, resolve_pretrained
+from ._builder import FamilyBuilder
+from ._pretrained import hub_id
 from ._spec import check_choice, check_header, check_int, check_list
 
 __all__ = [
@@ -635,24 +635,16 @@ class NASViT(nn.Module):
         return official_flops(self.spec, num_classes=self.num_classes)
 
 
-def _create(variant: str, pretrained: bool = False, spec: dict | None = None, **kwargs: Any) -> NASViT:
-    spec = validate_spec(SPECS[variant] if spec is None else spec)
-    kwargs = resolve_pretrained(variant, pretrained, kwargs)  # no hub weights: pretrained needs a local file
-    feature_cfg = None
-    if kwargs.get('features_only'):
-        kwargs['out_indices'] = check_out_indices(
-            kwargs.get('out_indices', tuple(range(NUM_FEATURE_LEVELS))), NUM_FEATURE_LEVELS, variant
-        )
-        feature_cfg = dict(feature_cls='getter')
-    # The native input size is the spec's resolution, also for specs passed to the generic entry point.
+def _native_size(spec: dict) -> dict:
+    """The native input size is the spec's resolution, also for specs passed to the generic entry point."""
     res, pool = spec['resolution'], _pool_side(spec['resolution'])
-    overlay = {'input_size': (3, res, res), 'pool_size': (pool, pool)}
-    overlay.update(kwargs.pop('pretrained_cfg_overlay', None) or {})
-    model = build_model_with_cfg(
-        NASViT, variant, pretrained, spec=spec, feature_cfg=feature_cfg, pretrained_cfg_overlay=overlay, **kwargs
-    )
-    model.spec = spec  # also on timm's feature wrapper when features_only=True
-    return model
+    return {'input_size': (3, res, res), 'pool_size': (pool, pool)}
+
+
+# No hub weights are published: pretrained=True needs a local file (see backbones/_pretrained.py).
+_create = FamilyBuilder(
+    NASViT, SPECS, validate_spec, NUM_FEATURE_LEVELS, feature_cfg={'feature_cls': 'getter'}, cfg_overlay=_native_size
+)
 
 
 def build(spec: dict, pretrained: bool = False, **kwargs: Any) -> nn.Module:

@@ -38,12 +38,12 @@ from typing import Any
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import SplitAttn
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models.resnest import ResNestBottleneck
 from timm.models.resnet import ResNet
 
-from ._features import check_out_indices
-from ._pretrained import hub_id, resolve_pretrained
+from ._builder import FamilyBuilder
+from ._pretrained import hub_id
 from ._spec import check_choice, check_header, check_list
 
 __all__ = ['CANDIDATES', 'FAMILY', 'SPECS', 'SPEC_VERSION', 'ResNestNAS', 'build', 'validate_spec']
@@ -137,16 +137,7 @@ class ResNestNAS(ResNet):
         self.spec = spec
 
 
-def _create(variant: str, pretrained: bool = False, spec: dict | None = None, **kwargs: Any) -> ResNestNAS:
-    spec = validate_spec(SPECS[variant] if spec is None else spec)
-    kwargs = resolve_pretrained(variant, pretrained, kwargs)
-    if kwargs.get('features_only'):
-        kwargs['out_indices'] = check_out_indices(
-            kwargs.get('out_indices', (0, 1, 2, 3, 4)), NUM_FEATURE_LEVELS, variant
-        )
-    model = build_model_with_cfg(ResNestNAS, variant, pretrained, spec=spec, **kwargs)
-    model.spec = spec  # also on timm's FeatureListNet wrapper when features_only=True
-    return model
+_create = FamilyBuilder(ResNestNAS, SPECS, validate_spec, NUM_FEATURE_LEVELS)
 
 
 def build(spec: dict, pretrained: bool = False, **kwargs: Any) -> nn.Module:

@@ -23,6 +23,7 @@ FAMILY_ENTRYPOINTS: dict[str, str] = {
     'resnest': 'resnest_nas',
     'nasvit': 'nasvit',
     'hytra': 'hytra',
+    'nb201': 'nb201',
 }
 
 
