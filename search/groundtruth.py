@@ -292,6 +292,18 @@ def train_all(
     return load_results(out)
 
 
+def _corr(fn: Any, a: Sequence[float], b: Sequence[float]) -> float | None:
+    """A correlation, or ``None`` where it is undefined (a constant column: every network at the same accuracy)."""
+    try:
+        return fn(a, b)
+    except ValueError:
+        return None
+
+
+def _mean_or_none(values: Sequence[float | None]) -> float | None:
+    return None if any(v is None for v in values) else float(np.mean(values))
+
+
 def summarize(out: str | Path, seeds: Sequence[int] | None = None) -> dict:
     """Per-architecture table, ``truth.json`` and the noise ceiling from ``out/results.jsonl``; returns the summary.
 
@@ -341,17 +353,16 @@ def summarize(out: str | Path, seeds: Sequence[int] | None = None) -> dict:
     }
     for s in seeds:
         summary[f'test_top1_mean_seed{s}'] = float(np.mean([r['test_top1'][str(s)] for r in table]))
-    # The noise ceiling: how well one seed's stand-alone accuracy ranks another's (averaged over seed pairs).
+    # The noise ceiling: how well one seed's stand-alone accuracy ranks another's (averaged over seed pairs); and,
+    # as the inter-choice paper's App. A, how well a single run ranks the mean of the runs.
+    test = {s: [r['test_top1'][str(s)] for r in table] for s in seeds}
+    mean = [r['test_top1_mean'] for r in table]
     pairs = list(itertools.combinations(seeds, 2))
-    if pairs:
-        for name, fn in (('kendall_tau', rating.kendall_tau), ('spearman_rho', rating.spearman_rho)):
-            values = [
-                fn([r['test_top1'][str(a)] for r in table], [r['test_top1'][str(b)] for r in table]) for a, b in pairs
-            ]
-            summary[f'noise_ceiling_{name}'] = float(np.mean(values))
-    holdout = [r['holdout_top1_mean'] for r in table]
-    test = [r['test_top1_mean'] for r in table]
-    summary['holdout_vs_test_kendall_tau'] = rating.kendall_tau(holdout, test)
+    for name, fn in (('kendall_tau', rating.kendall_tau), ('spearman_rho', rating.spearman_rho)):
+        if pairs:
+            summary[f'noise_ceiling_{name}'] = _mean_or_none([_corr(fn, test[a], test[b]) for a, b in pairs])
+        summary[f'single_run_vs_mean_{name}'] = _mean_or_none([_corr(fn, test[s], mean) for s in seeds])
+    summary['holdout_vs_test_kendall_tau'] = _corr(rating.kendall_tau, [r['holdout_top1_mean'] for r in table], mean)
     atomic_write_json(out / 'groundtruth.json', {'summary': summary, 'architectures': table})
     atomic_write_json(out / 'truth.json', {r['key']: r['test_top1_mean'] for r in table})
     with open(out / 'groundtruth.csv', 'w', newline='') as f:
