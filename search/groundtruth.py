@@ -80,7 +80,7 @@ class Recipe:
     channels: int = 8
     cells_per_stage: int = 1
     img_size: int = 16
-    epochs: int = 5
+    epochs: int = 3
     batch_size: int = 64
     lr: float = 0.1
     momentum: float = 0.9

@@ -176,16 +176,19 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert 'holds no results' in capsys.readouterr().err
 
 
-def test_committed_ground_truth_is_consistent() -> None:
-    """Every only-Conv architecture with both seeds; truth.json is the per-architecture mean test top-1."""
-    doc = json.loads((BENCH / 'only_conv' / 'groundtruth.json').read_text())
-    recipe = gt.Recipe(**json.loads((BENCH / 'only_conv' / 'recipe.json').read_text())['recipe'])
+@pytest.mark.parametrize(('folder', 'sample'), [('only_conv', None), ('no_zero', 64)])
+def test_committed_ground_truth_is_consistent(folder: str, sample: int | None) -> None:
+    """Every architecture of the list (all only-Conv ones, the seeded no-Zero sample) with every seed (at least
+    two); truth.json is the mean test top-1; specs are the space's."""
+    doc = json.loads((BENCH / folder / 'groundtruth.json').read_text())
+    recipe = gt.Recipe(**json.loads((BENCH / folder / 'recipe.json').read_text())['recipe'])
     space = recipe.space()
     keys = {row['key'] for row in doc['architectures']}
-    assert keys == {space.key(a) for a in gt.archs_for(space)}
-    truth = json.loads((BENCH / 'only_conv' / 'truth.json').read_text())
+    assert keys == {space.key(a) for a in gt.archs_for(space, sample, seed=0)}
+    truth = json.loads((BENCH / folder / 'truth.json').read_text())
     for row in doc['architectures']:
-        assert set(row['test_top1']) == {'1', '2'}
+        assert set(row['test_top1']) == {str(seed) for seed in doc['summary']['seeds']}
         assert truth[row['key']] == pytest.approx(np.mean(list(row['test_top1'].values())))
         assert row['spec'] == space.to_spec(tuple(row['arch']))
+    assert len(doc['summary']['seeds']) >= 2
     assert -1.0 <= doc['summary']['noise_ceiling_kendall_tau'] <= 1.0
