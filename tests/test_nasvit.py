@@ -281,7 +281,7 @@ def test_features_only_strides():
     assert len(part.model.stages) == 4 and [f.shape[1] for f in part(torch.randn(1, 3, 64, 64))] == [32, 64]
 
 
-@pytest.mark.parametrize('out_indices', [(0, 4), (1, 1), 2, (-5,)])
+@pytest.mark.parametrize('out_indices', [(0, 4), (1, 1), 5, 0, (-5,)])
 def test_invalid_out_indices_raise(out_indices):
     with pytest.raises(ValueError, match='out_indices'):
         timm.create_model('nasvit_a0', features_only=True, out_indices=out_indices)

@@ -79,6 +79,7 @@ def test_choice_points_for_plugins() -> None:
     points = net.choice_modules()
     assert len(points) == 6 * 3 * 2 and all(isinstance(p, EdgeChoice) for p in points)
     assert [p.decision for p in points] == list(range(6)) * 6
+    assert [p.channels for p in points] == [4] * 12 + [8] * 12 + [16] * 12
     assert [type(c) for c in points[0].candidates] == [type(nb201_family.make_op(op, 4)) for op in nb201_family.OPS]
     arch = (4, 3, 2, 1, 0, 3)
     net.eval()(torch.randn(1, 3, 32, 32), arch)

@@ -197,13 +197,15 @@ def _latency(space: NB201Space, arch: Arch, runs: int = 10) -> float:
 class EdgeChoice(nn.Module):
     """One choice point: the five candidate ops of one edge of one cell, in the official order.
 
-    ``decision`` is the index of the path entry this edge reads (its edge number e0..e5); ``choice`` is the op the
-    supernet set for the current forward; ``forward(x)`` runs ``candidates[choice](x)``.
+    ``decision`` is the index of the path entry this edge reads (its edge number e0..e5); ``channels`` the width of
+    its input (and output); ``choice`` is the op the supernet set for the current forward; ``forward(x)`` runs
+    ``candidates[choice](x)``.
     """
 
     def __init__(self, decision: int, channels: int, skip: str) -> None:
         super().__init__()
         self.decision = decision
+        self.channels = channels
         self.choice = 0
         self.candidates = nn.ModuleList(nb201_family.make_op(op, channels, skip) for op in nb201_family.OPS)
 
@@ -211,7 +213,7 @@ class EdgeChoice(nn.Module):
         return self.candidates[self.choice](x)
 
     def extra_repr(self) -> str:
-        return f'decision={self.decision}'
+        return f'decision={self.decision}, channels={self.channels}'
 
 
 class NB201Supernet(nb201_family.NB201Net):
