@@ -13,6 +13,7 @@ Command line::
         [--plot out.png] [--json out.json]
 
 Both files map a key (an architecture name or spec string) to a number; only keys present in both are rated.
+TRUTH may also be a ground-truth folder of ``python -m search.groundtruth`` (its ``truth.json``: mean test top-1).
 """
 
 from __future__ import annotations
@@ -231,14 +232,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog='python -m search.rating', description='Rate proxy scores against ground truth (tau, rho, R).'
     )
     parser.add_argument('scores', help='JSON object: key -> proxy score')
-    parser.add_argument('truth', help='JSON object: key -> ground truth (higher is better)')
+    parser.add_argument(
+        'truth', help='JSON object: key -> ground truth (higher is better), or a ground-truth folder (its truth.json)'
+    )
     parser.add_argument('--lower-is-better', action='store_true', help='lower scores are better (a loss)')
     parser.add_argument('--top-k', type=int, nargs='+', default=[10], help='improvement@k values to report')
     parser.add_argument('--plot', help='write a scatter plot PNG here')
     parser.add_argument('--json', help='write the report as JSON here')
     args = parser.parse_args(argv)
     try:
-        scores, truth = _load_flat(args.scores), _load_flat(args.truth)
+        truth_path = Path(args.truth) / 'truth.json' if Path(args.truth).is_dir() else args.truth
+        scores, truth = _load_flat(args.scores), _load_flat(str(truth_path))
         report = rating_report(scores, truth, args.lower_is_better, top_k=args.top_k)
         if args.plot:
             scatter_plot(
