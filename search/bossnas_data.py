@@ -115,6 +115,8 @@ def _number(value: Any, where: str) -> float:
 
 def _block_losses(doc: Mapping[str, Any], num_ops: int, layers: Sequence[int], where: str) -> list[dict[str, float]]:
     """Each block's path -> loss table, checked to hold exactly the ``num_ops ** layers`` paths of that block."""
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in layers):
+        raise ValueError(f'{where}: layers per block must be positive integers, got {list(layers)}')
     tables = _field(doc, 'block_loss', list, where)
     if len(tables) != len(layers):
         raise ValueError(f'{where}: {len(tables)} block_loss tables for {len(layers)} blocks')
@@ -165,8 +167,8 @@ def nats(data_dir: str | PathLike | None = None, round_to: int | None = None) ->
     where = str(Path(data_dir if data_dir is not None else DATA_DIR) / FILES['nats'])
     widths = _field(doc, 'widths', list, where)
     blocks = _field(doc, 'blocks', list, where)
-    num_layers = sum(len(b) for b in blocks)
-    if [i for b in blocks for i in b] != list(range(num_layers)):
+    num_layers = sum(len(b) for b in blocks if isinstance(b, list))
+    if [i for b in blocks for i in (b if isinstance(b, list) else [b])] != list(range(num_layers)):
         raise ValueError(f'{where}: blocks {blocks} must split layers 0..n-1 in order')
     losses = _block_losses(doc, len(widths), [len(b) for b in blocks], where)
     top1 = _field(doc, 'cifar10_top1', list, where)

@@ -102,6 +102,8 @@ def test_missing_file_names_it_and_the_fix(tmp_path):
         ('mbconv', lambda doc: doc['dna_archs'][0].update(imagenet_top1=None), r'imagenet_top1'),
         ('nats', lambda doc: doc['cifar10_top1'].pop(), r'32767 values, expected 32768'),
         ('nats', lambda doc: doc.pop('blocks'), r"field 'blocks'"),
+        ('nats', lambda doc: doc.update(blocks=[[0, 1], 2, [3, 4]]), r'must split layers'),
+        ('mbconv', lambda doc: doc.update(layers_per_block=[2, 4, 4, 4, '4']), r'positive integers'),
     ],
 )
 def test_corrupt_content_is_a_clear_error(tmp_path, space, edit, message):
@@ -146,3 +148,10 @@ def test_converter_rebuilds_the_committed_files(tmp_path):
     module.convert(os.environ['BOSSNAS_GIT_DIR'], module.COMMIT, tmp_path)
     for name in bd.FILES.values():
         assert (tmp_path / name).read_bytes() == (bd.DATA_DIR / name).read_bytes()
+
+
+def test_docs_show_the_commands_output(capsys):
+    assert bd.main([]) == 0
+    text = (ROOT / 'docs' / 'bossnas_data.md').read_text()
+    for line in capsys.readouterr().out.splitlines():
+        assert line in text, f'docs/bossnas_data.md is out of date: {line!r}'
