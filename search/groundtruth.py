@@ -51,6 +51,7 @@ __all__ = [
     'archs_for',
     'digits_images',
     'export_image_folder',
+    'fit_architecture',
     'load_results',
     'make_split',
     'summarize',
@@ -169,6 +170,13 @@ def train_architecture(
 
     ``seed`` fixes the initialisation and the batch order (the same for every architecture: common random numbers).
     """
+    return fit_architecture(spec, data, recipe, seed)[1]
+
+
+def fit_architecture(
+    spec: dict, data: dict[str, tuple[torch.Tensor, torch.Tensor]], recipe: Recipe, seed: int
+) -> tuple[torch.nn.Module, dict]:
+    """:func:`train_architecture` that also returns the trained network (e.g. a teacher for DNA)."""
     import timm
 
     import backbones  # noqa: F401  (registers the families with timm)
@@ -203,7 +211,7 @@ def train_architecture(
     train_time = time.perf_counter() - start
     if not torch.isfinite(loss.detach()):
         raise RuntimeError(f'training diverged (loss {float(loss)}) for edges {spec["edges"]} seed {seed}')
-    return {
+    return model, {
         'test_top1': _top1(model, *data['test']),
         'holdout_top1': _top1(model, *data['holdout']),
         'final_loss': float(loss.detach()),

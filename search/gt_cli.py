@@ -1,4 +1,4 @@
-"""Command line of the ground truth: ``python -m search.groundtruth train|summarize|export|method``.
+"""Command line of the ground truth: ``python -m search.groundtruth train|summarize|export|teacher|method``.
 
 ::
 
@@ -6,6 +6,7 @@
     python -m search.groundtruth train --subspace no_zero --sample 64 --out benchmarks/groundtruth/no_zero
     python -m search.groundtruth summarize benchmarks/groundtruth/only_conv
     python -m search.groundtruth export data/digits
+    python -m search.groundtruth teacher --truth benchmarks/groundtruth/only_conv --epochs 10 --out teacher.safetensors
     python -m search.groundtruth method --config configs/search/spos_groundtruth.yaml \\
         --truth benchmarks/groundtruth/only_conv --output runs/spos_gt --seed 0
 
@@ -57,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser('export', help='write the digits as PNG folders with the fixed split (for python -m search)')
     e.add_argument('root')
     e.add_argument('--img-size', type=int, default=defaults.img_size)
+    tt = sub.add_parser('teacher', help='train a stand-alone network of the space as a DNA teacher (safetensors)')
+    tt.add_argument('--truth', required=True, help='ground-truth folder (its recipe, split and architectures)')
+    tt.add_argument('--out', required=True, help='the teacher file (.safetensors; a .json with its metrics beside)')
+    tt.add_argument('--arch', default='largest', help='"largest" (default) or a ground-truth architecture key')
+    tt.add_argument('--seed', type=int, default=1, help='training seed (default 1)')
+    tt.add_argument('--epochs', type=int, help="epochs (default: the recipe's)")
+    tt.add_argument('--threads', type=int, help='torch CPU threads')
+    tt.add_argument('--overwrite', action='store_true', help='replace an existing teacher file')
     m = sub.add_parser('method', help='train a supernet on the split, rate every ground-truth architecture, metrics')
     from .gt_harness import add_arguments
 
@@ -94,10 +103,18 @@ def main(argv: Iterable[str] | None = None) -> int:
             doc = gt.export_image_folder(args.root, args.img_size)
             print(f'{args.root}: {len(doc["train"])} train, {len(doc["holdout"])} held-out images in train/; test/')
             return 0
+        if args.command == 'teacher':
+            from .gt_teacher import train_teacher
+
+            doc = train_teacher(
+                args.truth, args.out, args.arch, args.seed, args.epochs, args.overwrite, threads=args.threads
+            )
+            print(f'{args.out}: teacher {doc["spec"]["edges"]}, test top-1 {doc["test_top1"]:.2f} %')
+            return 0
         from .gt_harness import run_from_args
 
         return run_from_args(args)
-    except (ValueError, FileNotFoundError, KeyError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
         print(f'error: {err.args[0] if isinstance(err, KeyError) else err}', file=sys.stderr)
         return 2
 

@@ -15,6 +15,7 @@ __all__ = ['METHODS', 'get_method']
 
 METHODS: dict[str, str] = {
     'dna': 'search.methods.dna:DNA',
+    'dna_cell': 'search.methods.dna_cell:DNACell',
     'dna_plus': 'search.methods.dna_plus:DNAPlus',
     'dna_pp': 'search.methods.dna_pp:DNAPP',
     'spos': 'search.methods.spos:SPOS',

@@ -375,8 +375,8 @@ class EvolutionSearch:
     scores.
     """
 
-    def __init__(self, config: EvolutionConfig, root: Path) -> None:
-        self.config, self.root = config, Path(root)
+    def __init__(self, config: EvolutionConfig, root: Path, score_name: str = 'top1') -> None:
+        self.config, self.root, self.score_name = config, Path(root), score_name
 
     def _folder(self, rated: Any) -> Path:
         owner = getattr(rated, '__self__', None)
@@ -396,7 +396,7 @@ class EvolutionSearch:
                 i.arch,
                 -i.score,
                 i.cost if i.cost is not None else space.cost(i.arch, metric),
-                {'top1': i.score, **extra},
+                {**_describe(self.score_name, -i.score), **extra},
             )
             for i in result.top[:top_k]
         ]
@@ -405,8 +405,9 @@ class EvolutionSearch:
 class RandomSearch:
     """The best ``top_k`` of ``samples`` distinct uniform draws whose cost fits the budget (seeded)."""
 
-    def __init__(self, samples: int, seed: int, max_draws_factor: int = 50) -> None:
+    def __init__(self, samples: int, seed: int, max_draws_factor: int = 50, score_name: str = 'top1') -> None:
         self.samples, self.seed, self.max_draws = samples, seed, samples * max_draws_factor
+        self.score_name = score_name
 
     def search(self, space: Any, rated: Any, metric: str, budget: float | None, top_k: int) -> list[Found]:
         g = engine.generator(self.seed, 'random-search')
@@ -430,4 +431,10 @@ class RandomSearch:
             )
         print(f'random search: {len(costs)} architectures rated, {rejected} draws over the {metric} budget rejected')
         scored = sorted((rated(a), c, a) for a, c in costs.items())
-        return [Found(a, s, c, {'top1': -s, 'rejected': rejected}) for s, c, a in scored[:top_k]]
+        return [Found(a, s, c, {**_describe(self.score_name, s), 'rejected': rejected}) for s, c, a in scored[:top_k]]
+
+
+def _describe(score_name: str, score: float) -> dict[str, float]:
+    """What a found architecture records of its rater score: held-out top-1 for SPOS (the score is ``-top1``),
+    the score itself under its own name for other raters (e.g. DNA's summed relative L1)."""
+    return {'top1': -score} if score_name == 'top1' else {score_name: score}

@@ -24,8 +24,19 @@ class _StopForward(Exception):
     """Raised by the hook of the last boundary: the rest of the teacher is never computed."""
 
 
-def teacher_boundaries(model: nn.Module, split: str = 'auto') -> list[str]:
-    """Module names after which the teacher's blocks end (see the module docstring)."""
+def teacher_boundaries(model: nn.Module, split: str | Sequence[str] = 'auto') -> list[str]:
+    """Module names after which the teacher's blocks end (see the module docstring); a list of module names is
+    taken as given (checked to exist), e.g. ``['stages.0', 'stages.1', 'stages.2']`` for an ``nb201`` teacher."""
+    if not isinstance(split, str):
+        names = list(split)
+        modules = dict(model.named_modules())
+        unknown = [n for n in names if n not in modules]
+        if not names or unknown:
+            raise ValueError(
+                f'teacher split {names}: {type(model).__name__} has no module(s) {unknown or "(none named)"}; '
+                f'some of its modules: {[n for n in modules if n][:12]}'
+            )
+        return names
     if split == 'auto':
         split = 'stages' if isinstance(getattr(model, 'blocks', None), nn.Sequential) else 'feature_info'
     if split == 'stages':
@@ -94,7 +105,7 @@ class BlockTeacher(nn.Module):
 def build_teacher(
     name: str,
     pretrained: bool = True,
-    split: str = 'auto',
+    split: str | Sequence[str] = 'auto',
     checkpoint: str | None = None,
     trainable: bool = False,
     **kwargs: Any,
