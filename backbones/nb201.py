@@ -202,10 +202,6 @@ class CifarCellNet(nn.Module):
     ``fc``; the timm contract (features, intermediates, pruning, checkpointing, classifier) lives here once.
     """
 
-    stem: nn.Module
-    stages: nn.Sequential
-    feature_info: list[dict[str, Any]]
-
     def __init__(self, num_classes: int, drop_rate: float) -> None:
         super().__init__()
         self.num_classes = num_classes
