@@ -61,7 +61,7 @@ def test_widest_network_numbers() -> None:
 
 
 def test_the_cell_is_the_nats_genotype_on_nb201_modules() -> None:
-    assert nats_size.CELL_EDGES == tuple(nb201.SPECS['nb201']['edges'])
+    assert tuple(nb201.SPECS['nb201']['edges']) == nats_size.CELL_EDGES
     assert nats_size.parse_genotype('|a~0|+|b~0|c~1|+|d~0|e~1|f~2|') == tuple('abcdef')
     with pytest.raises(ValueError, match='does not name the edges'):
         nats_size.parse_genotype('|a~0|+|b~0|c~1|')
@@ -69,14 +69,8 @@ def test_the_cell_is_the_nats_genotype_on_nb201_modules() -> None:
     layers = [model.get_submodule(n) for n in nats_size.layer_names(5)]
     assert [type(m) for m in layers] == [nb201.NB201Cell, nb201.ResNetReduction] * 2 + [nb201.NB201Cell]
     cell = layers[2]  # 16 -> 24: edges from node 0 read 16 channels, the others 24
-    assert [e[1].in_channels if not isinstance(e, nn.Identity) else None for e in cell.edges] == [
-        16,
-        16,
-        24,
-        16,
-        24,
-        24,
-    ]
+    in_chs = [e[1].in_channels for e in cell.edges]
+    assert in_chs == [16, 16, 24, 16, 24, 24]
     assert all(e[2].affine for e in cell.edges)  # affine BN, as NATS-Bench's InferCell (not the nb201 search cell)
     assert isinstance(layers[0].edges[3], nn.Identity)  # the stem has the first layer's width
     assert nats_size.layer_names(8) == [
