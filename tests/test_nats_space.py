@@ -164,6 +164,11 @@ def test_spec_round_trip_and_foreign_specs_fail_clearly() -> None:
     with pytest.raises(SpecError, match="'family'"):
         space.from_spec({**spec, 'family': 'nb201'})
     assert search.get_space('nats_size', skip_proj='relu_conv_bn').to_spec((0,) * 5)['skip_proj'] == 'relu_conv_bn'
+    assert space.nats_str((7, 0, 1, 2, 3)) == '64:8:16:24:32'
+    assert space.from_nats_str('64:8:16:24:32') == (7, 0, 1, 2, 3)
+    for bad in ('64:8:16:24', '64:8:16:24:12', '64:8:16:24:x'):
+        with pytest.raises(ValueError, match='not a NATS-Bench size-space name'):
+            space.from_nats_str(bad)
 
 
 def test_bad_architectures_and_options_fail_clearly() -> None:

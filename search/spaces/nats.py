@@ -18,7 +18,10 @@ the official configs use ``[2, 2, 1]`` layers per block for CIFAR-10 (``split='c
 reduction, cell + reduction, cell) and ``[2, 1, 2]`` for CIFAR-100 (``split='cifar100'``: cell + reduction, cell,
 reduction + cell). Neither follows the resolutions exactly (a reduction block opens a new resolution but ends a
 block). ``blocks[k]`` is the tuple of decisions (layers) of block ``k``; block 0 includes the stem, whose width is
-the first layer's. :meth:`NATSSizeSupernet.forward_block` runs one block of a path.
+the first layer's. :meth:`NATSSizeSupernet.forward_block` runs one block of a path. The official rating fixes a
+block's input width to the last width of the previous block's best path, so it rates ``8^layers`` paths a block
+(64, 64, 8 for CIFAR-10; its ``path_rank_<k>.yml`` keys are the concatenated width indices of the block, the same
+indices as an :data:`~search.protocols.Arch` here); :meth:`NATSSizeSpace.candidates` lists every input width.
 
 ``cost(arch, 'flops')`` is the MAC count (= ``'macs'``; torch's flop counter: convolutions and the classifier) at
 ``img_size`` with 10 classes, as NATS-Bench counts multiply-adds; ``'params'`` with 10 classes; ``'latency'`` the
@@ -124,6 +127,18 @@ class NATSSizeSpace(ChoiceSpace):
     def channels(self, arch: Sequence[int]) -> list[int]:
         """The width (channels) of each layer of ``arch``."""
         return [self.widths[i] for i in self.check(arch)]
+
+    def nats_str(self, arch: Sequence[int]) -> str:
+        """NATS-Bench's name of ``arch``: the widths joined by ':' (``'64:64:64:64:64'``), as the benchmark and the
+        BossNAS rating files (``ranking_nats/nats_cifar10_acc_rank.yml``) key the size space."""
+        return ':'.join(str(c) for c in self.channels(arch))
+
+    def from_nats_str(self, text: str) -> Arch:
+        """The architecture of a NATS-Bench size-space name (``'8:16:24:32:40'``)."""
+        parts = text.split(':')
+        if len(parts) != NUM_LAYERS or not all(p.isdigit() and int(p) in self.widths for p in parts):
+            raise ValueError(f'{text!r} is not a NATS-Bench size-space name: {NUM_LAYERS} widths of {self.widths}')
+        return tuple(self.widths.index(int(p)) for p in parts)
 
     # -- specs --------------------------------------------------------------------------------------------------
     def _spec(self, arch: Sequence[int]) -> dict:
