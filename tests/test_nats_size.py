@@ -145,3 +145,26 @@ def test_timm_entry_point_cfg_and_pretrained() -> None:
     for bad in (0, 4, (3,), (0, 0)):
         with pytest.raises(ValueError, match='out_indices'):
             zoo.create_model('nats_size', features_only=True, out_indices=bad)
+
+
+@pytest.mark.filterwarnings('ignore:.*torch.jit.script.*:FutureWarning')
+@pytest.mark.parametrize('skip_proj', ['conv_bn', 'relu_conv_bn'])
+def test_projection_skips_script_trace_and_export_to_onnx(skip_proj: str, tmp_path) -> None:
+    """The contract tests build the default (equal widths: identity skips); here every skip edge projects."""
+    from zoo.onnx import export_onnx
+
+    spec = _spec([4, 8, 6, 8, 4], skip_proj=skip_proj)
+    model = zoo.create_model(spec).eval()
+    assert all(
+        isinstance(model.get_submodule(f'{n}.edges.3'), nats_size.SkipProjection) for n in ('stages.1.1', 'stages.2.1')
+    )
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.script(model)(x), model(x))
+    fx = timm.create_model('nats_size', spec=spec, features_only=True, feature_cls='fx').eval()
+    fx.load_state_dict({k: model.state_dict()[k.removeprefix('graph_module.')] for k in fx.state_dict()})
+    with torch.no_grad():
+        for a, b in zip(fx(x), model.forward_intermediates(x, intermediates_only=True), strict=True):
+            torch.testing.assert_close(a, b)
+    report = export_onnx(model, tmp_path / 'nats.onnx', input_size=(3, 32, 32), simplify=False, optimize=False)
+    assert report.max_abs_diff <= 1e-4
