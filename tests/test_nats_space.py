@@ -11,6 +11,7 @@ import torch
 import search
 import zoo
 from backbones import SpecError
+from search.protocols import BlockwiseSpace, SearchSpace, Supernet
 from search.spaces.nats import NATSSizeSupernet
 from search.spaces.slimmable import SwitchableBatchNorm2d
 from tests.test_nats_size import _formula
@@ -41,7 +42,9 @@ def test_sizes_and_registry() -> None:
     tiny = search.get_space('nats_size_tiny')
     assert tiny.widths == (4, 8) and tiny.size == 32
     assert len({tiny.key(a) for a in itertools.product(range(2), repeat=5)}) == tiny.size  # counted
-    assert isinstance(search.build_supernet('nats_size_tiny', num_classes=10), NATSSizeSupernet)
+    supernet = search.build_supernet('nats_size_tiny', num_classes=10)
+    assert isinstance(supernet, NATSSizeSupernet) and isinstance(supernet, Supernet)
+    assert isinstance(space, SearchSpace) and isinstance(space, BlockwiseSpace)
 
 
 @pytest.mark.parametrize(
