@@ -17,7 +17,7 @@ from typing import Any
 import timm
 import torch.nn as nn
 
-from . import hytra, mbconv, nasvit, nb201, resnest
+from . import hytra, mbconv, nasvit, nats_size, nb201, resnest
 from ._features import check_out_indices
 from ._spec import SpecError
 
@@ -38,6 +38,7 @@ FAMILIES: dict[str, ModuleType] = {
     nasvit.FAMILY: nasvit,
     hytra.FAMILY: hytra,
     nb201.FAMILY: nb201,
+    nats_size.FAMILY: nats_size,
 }
 
 

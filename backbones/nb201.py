@@ -67,6 +67,7 @@ __all__ = [
     'SKIPS',
     'SPECS',
     'SPEC_VERSION',
+    'CifarCellNet',
     'NB201Cell',
     'NB201Net',
     'ReLUConvBN',
@@ -193,50 +194,24 @@ class ResNetReduction(nn.Module):
         return self.downsample(x) + self.conv_b(self.conv_a(x))
 
 
-class NB201Net(nn.Module):
-    """A network of NAS-Bench-201 cells from a validated ``nb201`` spec; keeps the spec as ``self.spec``.
+class CifarCellNet(nn.Module):
+    """The CIFAR-style macro network of the cell families (``nb201``, ``nats_size``): everything but the build.
 
-    Modules: ``stem``; ``stages[s]`` = (for s > 0, a :class:`ResNetReduction` first, then) ``N`` :class:`NB201Cell`;
-    ``final_act`` (BN + ReLU); ``global_pool`` and ``fc``. Edge ``e`` of a cell is built by :meth:`make_edge`, which
-    a supernet overrides to put every candidate there (``search.spaces.nb201``).
+    A subclass builds ``stem``, ``stages`` (one ``nn.Sequential`` per resolution, strides 1, 2, 4) and
+    ``feature_info`` and then calls :meth:`_init_head`, which adds ``final_act`` (BN + ReLU), ``global_pool`` and
+    ``fc``; the timm contract (features, intermediates, pruning, checkpointing, classifier) lives here once.
     """
 
-    def __init__(
-        self,
-        spec: dict,
-        num_classes: int = 10,
-        in_chans: int = 3,
-        global_pool: str = 'avg',
-        drop_rate: float = 0.0,
-    ) -> None:
+    def __init__(self, num_classes: int, drop_rate: float) -> None:
         super().__init__()
-        spec = validate_spec(spec)
-        self.spec = spec
         self.num_classes = num_classes
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
-        chs, cells = spec['channels'], spec['cells_per_stage']
-        skip = spec.get('skip', DEFAULT_SKIP)
 
-        self.stem = nn.Sequential(nn.Conv2d(in_chans, chs, 3, padding=1, bias=False), nn.BatchNorm2d(chs))
-        stages, self.feature_info = [], []
-        in_chs = chs
-        for s in range(NUM_FEATURE_LEVELS):
-            out_chs = chs * 2**s
-            blocks: list[nn.Module] = [] if s == 0 else [ResNetReduction(in_chs, out_chs)]
-            for _ in range(cells):
-                blocks.append(NB201Cell([self.make_edge(e, op, out_chs, skip) for e, op in enumerate(spec['edges'])]))
-            stages.append(nn.Sequential(*blocks))
-            self.feature_info.append(dict(num_chs=out_chs, reduction=2**s, module=f'stages.{s}'))
-            in_chs = out_chs
-        self.stages = nn.Sequential(*stages)
+    def _init_head(self, in_chs: int, global_pool: str) -> None:
         self.num_features = self.head_hidden_size = in_chs
         self.final_act = nn.Sequential(nn.BatchNorm2d(in_chs), nn.ReLU(inplace=True))
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
-
-    def make_edge(self, index: int, op: str, channels: int, skip: str) -> nn.Module:
-        """The module of edge ``index`` (op ``op``) of a cell on ``channels`` channels."""
-        return make_op(op, channels, skip)
+        self.global_pool, self.fc = create_classifier(self.num_features, self.num_classes, pool_type=global_pool)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
@@ -297,16 +272,17 @@ class NB201Net(nn.Module):
         """Drop the stages after the last requested one (and the final BN + ReLU with them, or when
         ``prune_norm``), and the head; returns the kept indices."""
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        levels = len(self.stages)
         self.stages = self.stages[: max_index + 1]
-        if prune_norm or max_index < NUM_FEATURE_LEVELS - 1:
+        if prune_norm or max_index < levels - 1:
             self.final_act = nn.Identity()
             self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
-        if prune_head or max_index < NUM_FEATURE_LEVELS - 1:
+        if prune_head or max_index < levels - 1:
             self.reset_classifier(0, '')
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Stem, the three stages and the final BN + ReLU: a (B, 4C, H/4, W/4) map."""
+        """Stem, the three stages and the final BN + ReLU: a (B, C_last, H/4, W/4) map."""
         x = self.stem(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             for stage in self.stages:
@@ -323,6 +299,47 @@ class NB201Net(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+class NB201Net(CifarCellNet):
+    """A network of NAS-Bench-201 cells from a validated ``nb201`` spec; keeps the spec as ``self.spec``.
+
+    Modules: ``stem``; ``stages[s]`` = (for s > 0, a :class:`ResNetReduction` first, then) ``N`` :class:`NB201Cell`;
+    ``final_act`` (BN + ReLU); ``global_pool`` and ``fc``. Edge ``e`` of a cell is built by :meth:`make_edge`, which
+    a supernet overrides to put every candidate there (``search.spaces.nb201``).
+    """
+
+    def __init__(
+        self,
+        spec: dict,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        global_pool: str = 'avg',
+        drop_rate: float = 0.0,
+    ) -> None:
+        super().__init__(num_classes, drop_rate)
+        spec = validate_spec(spec)
+        self.spec = spec
+        chs, cells = spec['channels'], spec['cells_per_stage']
+        skip = spec.get('skip', DEFAULT_SKIP)
+
+        self.stem = nn.Sequential(nn.Conv2d(in_chans, chs, 3, padding=1, bias=False), nn.BatchNorm2d(chs))
+        stages, self.feature_info = [], []
+        in_chs = chs
+        for s in range(NUM_FEATURE_LEVELS):
+            out_chs = chs * 2**s
+            blocks: list[nn.Module] = [] if s == 0 else [ResNetReduction(in_chs, out_chs)]
+            for _ in range(cells):
+                blocks.append(NB201Cell([self.make_edge(e, op, out_chs, skip) for e, op in enumerate(spec['edges'])]))
+            stages.append(nn.Sequential(*blocks))
+            self.feature_info.append(dict(num_chs=out_chs, reduction=2**s, module=f'stages.{s}'))
+            in_chs = out_chs
+        self.stages = nn.Sequential(*stages)
+        self._init_head(in_chs, global_pool)
+
+    def make_edge(self, index: int, op: str, channels: int, skip: str) -> nn.Module:
+        """The module of edge ``index`` (op ``op``) of a cell on ``channels`` channels."""
+        return make_op(op, channels, skip)
 
 
 # features_only: timm's FeatureGetterNet (forward_intermediates, parameter names under 'model.')

@@ -24,6 +24,7 @@ FAMILY_ENTRYPOINTS: dict[str, str] = {
     'nasvit': 'nasvit',
     'hytra': 'hytra',
     'nb201': 'nb201',
+    'nats_size': 'nats_size',
 }
 
 

@@ -38,6 +38,8 @@ SPACES: dict[str, str | Callable[..., Any]] = {
     'fairnas_tiny': 'search.spaces.fairnas:get_space',
     'nb201': 'search.spaces.nb201:get_space',
     'nb201_tiny': 'search.spaces.nb201:get_space',
+    'nats_size': 'search.spaces.nats:get_space',
+    'nats_size_tiny': 'search.spaces.nats:get_space',
 }
 
 

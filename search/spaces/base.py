@@ -12,13 +12,16 @@ probability 1/2.
 from __future__ import annotations
 
 import math
+import statistics
+import time
 from collections.abc import Sequence
 
 import torch
+import torch.nn as nn
 
 from ..protocols import Arch
 
-__all__ = ['ChoiceSpace']
+__all__ = ['ChoiceSpace', 'cpu_latency']
 
 
 class ChoiceSpace:
@@ -88,3 +91,17 @@ class ChoiceSpace:
         except (TypeError, ValueError):
             return False
         return True
+
+
+@torch.no_grad()
+def cpu_latency(model: nn.Module, img_size: int, runs: int = 10) -> float:
+    """Seconds per forward of ``model`` (eval) on one ``img_size`` image: the median of ``runs`` after a warm-up."""
+    model.eval()
+    x = torch.zeros(1, 3, img_size, img_size)
+    model(x)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        model(x)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)

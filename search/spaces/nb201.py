@@ -33,8 +33,6 @@ pooling, BN and additions are free), as NAS-Bench-201's own FLOPs count multiply
 from __future__ import annotations
 
 import functools
-import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import cache
@@ -49,7 +47,7 @@ from backbones._flops import count_params
 
 from ..interchoice import ChoiceSite, InterChoice, parse_options
 from ..protocols import COST_METRICS, Arch
-from .base import ChoiceSpace
+from .base import ChoiceSpace, cpu_latency
 
 __all__ = ['SPACES', 'SUBSPACES', 'EdgeChoice', 'NB201Space', 'NB201Supernet', 'get_space']
 
@@ -183,19 +181,10 @@ def _cost_table(space: NB201Space) -> dict:
 _LATENCIES: dict[tuple[NB201Space, Arch], float] = {}
 
 
-@torch.no_grad()
-def _latency(space: NB201Space, arch: Arch, runs: int = 10) -> float:
+def _latency(space: NB201Space, arch: Arch) -> float:
     key = (space, arch)
     if key not in _LATENCIES:
-        net = nb201_family.build(space.to_spec(arch)).eval()
-        x = torch.zeros(1, 3, space.img_size, space.img_size)
-        net(x)
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            net(x)
-            times.append(time.perf_counter() - start)
-        _LATENCIES[key] = statistics.median(times)
+        _LATENCIES[key] = cpu_latency(nb201_family.build(space.to_spec(arch)), space.img_size)
     return _LATENCIES[key]
 
 
