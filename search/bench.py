@@ -130,12 +130,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('--json', help='also write the result here')
     parser.add_argument(
         '--mode',
-        choices=['throughput', 'overhead', 'dfs'],
+        choices=['throughput', 'overhead', 'dfs', 'interchoice'],
         default='throughput',
-        help='throughput (default), the engine overhead per step on the CPU, or DFS rating vs each path',
+        help='throughput (default), the engine overhead per step on the CPU, DFS rating vs each path, or the CPU '
+        'overhead of inter-choice dependent weights per SPOS step (NB201, next to the paper Table 1)',
     )
     args = parser.parse_args(argv)
-    if args.mode != 'throughput':
+    if args.mode == 'interchoice':
+        from .bench_interchoice import interchoice_overhead
+
+        result = interchoice_overhead()
+    elif args.mode != 'throughput':
         from .bench_engine import dfs_speedup, engine_overhead
 
         result = engine_overhead() if args.mode == 'overhead' else dfs_speedup()

@@ -396,3 +396,18 @@ def test_a_bad_interchoice_option_fails_in_one_line_on_the_command_line(tiny_dat
     proc = _spos(BIAS_TINY, tmp_path / 'bad', tiny_data, '--set', 'interchoice={variant: bias, depth: 5}', check=False)
     assert proc.returncode == 2 and 'interchoice.depth: 5 is not one of (1, 2, 3)' in proc.stderr, proc.stderr
     assert 'Traceback' not in proc.stderr
+
+
+def test_overhead_benchmark_measures_every_variant_against_spos() -> None:
+    """tools/bench_search.py --mode interchoice on a tiny network: every variant timed, increases relative to SPOS
+    and next to the paper's Table 1 (no timing is asserted: speed targets live in benchmarks/)."""
+    from search.bench_interchoice import PAPER_TABLE1, VARIANTS, interchoice_overhead
+
+    result = interchoice_overhead(subspaces=('only_conv',), batch=4, channels=4, cells=1, rounds=1, steps=1)
+    rows = result['results']['only_conv']
+    assert set(rows) == set(VARIANTS)
+    spos = rows['SPOS']['cpu_s_per_step']
+    assert spos > 0 and rows['SPOS']['increase'] is None
+    for name in PAPER_TABLE1:
+        assert rows[name]['increase'] == pytest.approx(rows[name]['cpu_s_per_step'] / spos - 1, abs=1e-3)
+        assert rows[name]['paper_increase'] == PAPER_TABLE1[name]['only_conv']

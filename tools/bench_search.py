@@ -1,7 +1,7 @@
-"""DNA supernet training throughput on synthetic data (library: search/bench.py).
+"""Search benchmarks: DNA supernet throughput, engine overhead, DFS rating, inter-choice overhead (search/bench*.py).
 
-Usage: python tools/bench_search.py [--space dna] [--teacher tf_efficientnet_b7] [--batch 256] [--steps 300]
-       [--device cuda] [--json benchmarks/dna_supernet_h100.json]
+Usage: python tools/bench_search.py [--mode throughput|overhead|dfs|interchoice] [--space dna]
+       [--teacher tf_efficientnet_b7] [--batch 256] [--steps 300] [--device cuda] [--json benchmarks/x.json]
 """
 
 import sys
