@@ -1,4 +1,4 @@
-"""Command line of the ground truth: ``python -m search.groundtruth train|summarize|export|teacher|method``.
+"""Command line of the ground truth: ``python -m search.groundtruth train|summarize|export|teacher|baseline|method``.
 
 ::
 
@@ -6,6 +6,7 @@
     python -m search.groundtruth train --subspace no_zero --sample 64 --out benchmarks/groundtruth/no_zero
     python -m search.groundtruth summarize benchmarks/groundtruth/only_conv
     python -m search.groundtruth export data/digits
+    python -m search.groundtruth baseline benchmarks/groundtruth/only_conv --metric params
     python -m search.groundtruth teacher --truth benchmarks/groundtruth/only_conv --epochs 10 --out teacher.safetensors
     python -m search.groundtruth method --config configs/search/spos_groundtruth.yaml \\
         --truth benchmarks/groundtruth/only_conv --output runs/spos_gt --seed 0
@@ -66,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument('--epochs', type=int, help="epochs (default: the recipe's)")
     tt.add_argument('--threads', type=int, help='torch CPU threads')
     tt.add_argument('--overwrite', action='store_true', help='replace an existing teacher file')
+    b = sub.add_parser('baseline', help='rate the ground truth by parameter count or MACs alone (no training)')
+    b.add_argument('truth', help='ground-truth folder')
+    b.add_argument('--metric', default='params', choices=['params', 'macs'])
+    b.add_argument('--top-k', type=int, nargs='+', default=[5, 10], help='improvement@k values to report')
     m = sub.add_parser('method', help='train a supernet on the split, rate every ground-truth architecture, metrics')
     from .gt_harness import add_arguments
 
@@ -102,6 +107,12 @@ def main(argv: Iterable[str] | None = None) -> int:
         if args.command == 'export':
             doc = gt.export_image_folder(args.root, args.img_size)
             print(f'{args.root}: {len(doc["train"])} train, {len(doc["holdout"])} held-out images in train/; test/')
+            return 0
+        if args.command == 'baseline':
+            from .gt_harness import baseline_report
+            from .rating import _format_table
+
+            print(_format_table(baseline_report(args.truth, args.metric, args.top_k)))
             return 0
         if args.command == 'teacher':
             from .gt_teacher import train_teacher

@@ -29,7 +29,7 @@ from . import groundtruth as gt
 from .config import load_config
 from .methods import get_method
 
-__all__ = ['add_arguments', 'load_truth', 'run_from_args', 'run_method']
+__all__ = ['add_arguments', 'baseline_report', 'load_truth', 'run_from_args', 'run_method']
 
 
 def load_truth(folder: str | Path) -> dict[str, Any]:
@@ -131,6 +131,23 @@ def _run_method(
     (output / 'rating.json').write_text(json.dumps(report, indent=1) + '\n')
     title = f'{method} seed {seed} on {recipe["subspace"]} ({len(archs)} architectures)'
     rating.scatter_plot(scores, truth, output / 'rating.png', title=title, lower_score_is_better=True)
+    return report
+
+
+def baseline_report(truth_dir: str | Path, metric: str = 'params', top_k: Sequence[int] = (5, 10)) -> dict[str, Any]:
+    """The trivial predictor every method must beat: rank the ground truth by a cost (more ``params`` or ``macs``
+    = predicted better), with no training at all; the same metrics as :func:`run_method`."""
+    truth_doc = load_truth(truth_dir)
+    archs = truth_doc['architectures']
+    if metric not in ('params', 'macs'):
+        raise ValueError(f'baseline metric {metric!r}: expected "params" or "macs"')
+    scores = {row['key']: -float(row[metric]) for row in archs}
+    truth = {row['key']: row['test_top1_mean'] for row in archs}
+    report = rating.rating_report(
+        scores, truth, lower_score_is_better=True, top_k=[k for k in top_k if k <= len(archs)]
+    )
+    report['noise_ceiling_kendall_tau'] = truth_doc['summary'].get('noise_ceiling_kendall_tau')
+    report.update(method=f'baseline: more {metric} ranks higher', subspace=truth_doc['recipe']['subspace'])
     return report
 
 

@@ -196,3 +196,17 @@ def test_harness_end_to_end(teacher: Path, tiny_truth: Path, tmp_path: Path) -> 
         show_progress=False,
     )
     assert again['kendall_tau'] == report['kendall_tau']
+
+
+def test_parameter_count_baseline(tiny_truth: Path, capsys: pytest.CaptureFixture) -> None:  # noqa: F811
+    """The trivial predictor (more parameters ranks higher): its tau is that of -params against the truth."""
+    from search import rating
+
+    report = gt_harness.baseline_report(tiny_truth, 'params', top_k=(2,))
+    rows = gt_harness.load_truth(tiny_truth)['architectures']
+    want = rating.kendall_tau([r['params'] for r in rows], [r['test_top1_mean'] for r in rows])
+    assert report['n'] == 3 and report['kendall_tau'] == pytest.approx(want)
+    assert gt_cli.main(['baseline', str(tiny_truth), '--metric', 'macs']) == 0
+    assert 'kendall_tau' in capsys.readouterr().out
+    with pytest.raises(ValueError, match='baseline metric'):
+        gt_harness.baseline_report(tiny_truth, 'latency')
