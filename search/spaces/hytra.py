@@ -221,7 +221,14 @@ class HyTraSpace(ChoiceSpace):
 
     def check(self, arch: Sequence[int]) -> Arch:
         """``arch`` as a tuple; a wrong length, index or scale step raises naming the layer."""
-        arch = super().check(arch)
+        arch = tuple(arch)
+        if len(arch) != NUM_LAYERS:
+            raise ValueError(f'space {self.name!r} has {NUM_LAYERS} decisions, the architecture {len(arch)}')
+        for i, c in enumerate(arch):
+            if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < len(CHOICES):
+                raise ValueError(
+                    f'space {self.name!r} decision {i}: option {c!r} is not a choice index 0..{len(CHOICES) - 1}'
+                )
         for i, c in enumerate(arch):
             prev = arch[i - 1] if i else None
             if not self._fits(prev, c):
