@@ -12,6 +12,7 @@ import search
 import zoo
 from backbones import hytra as hytra_family
 from backbones._flops import count_params
+from search.protocols import BlockwiseSpace, Supernet
 from search.spaces.hytra import STEM, HyTraSpace, HyTraSupernet, count_paths, is_path, paths_from
 
 # The official per-layer index -> (stage, op), written out again here so that the counts are checked independently.
@@ -32,6 +33,7 @@ def _rule_ok(path, in_stage: int, first_stages) -> bool:
 
 
 def test_space_sizes() -> None:
+    assert isinstance(search.get_space('hytra'), BlockwiseSpace)
     assert search.get_space('hytra').size == 1_703_991
     assert search.get_space('hytra', restricted=False).size == 2_818_103  # paper A.2: "roughly 2.8 x 10^6"
     assert search.get_space('hytra_tiny').size == 1_703_991
@@ -177,6 +179,7 @@ FIXED = {
 @pytest.mark.parametrize('restricted', [True, False])
 def test_every_path_equals_the_backbone_of_its_spec(tiny_supernets, restricted: bool) -> None:
     space, net = tiny_supernets[restricted]
+    assert isinstance(net, Supernet)
     g = torch.Generator().manual_seed(2)
     x = torch.randn(2, 3, 32, 32)
     archs = FIXED[restricted] + [space.sample(g) for _ in range(4)]

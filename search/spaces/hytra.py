@@ -2,8 +2,8 @@
 
 Space (paper arXiv 2103.12424 section 4 and App. A.2; official code github.com/changlin31/BossNAS at bb8b26a,
 ``searching/bossnas/models/supernets/hytra_supernet.py``, ``operations/hytra_ops.py``, ``utils/hytra_paths.py``;
-docs/specs: ../shared/specs/bossnas.md section 1.1): 16 choice layers in 4 blocks of 4. Each layer picks a scale
-(1/4, 1/8, 1/16, 1/32 of the input) and an op (ResConv; ResAtt only at 1/16 and 1/32).
+docs/search.md): 16 choice layers in 4 blocks of 4. Each layer picks a scale (1/4, 1/8, 1/16, 1/32 of the input) and
+an op (ResConv; ResAtt only at 1/16 and 1/32).
 
 **Encoding.** An :data:`~search.protocols.Arch` is 16 ints, one per layer: the official per-layer op index of a
 4-scale supernet block (:data:`CHOICES`), which carries scale and op together::
@@ -28,7 +28,7 @@ block ``k`` depend only on the scale its input is at (:meth:`HyTraSpace.block_pa
 block 0 and the previous block's last stage otherwise): block 0 has 51 paths (131 unrestricted); a later block 51,
 99, 80 or 16 after 1/4, 1/8, 1/16, 1/32. The official supernet builds only the scales its ``stage_depths``
 ``[4, 3, 2, 2]`` name, so a block after one that ends at 1/4 (e.g. ``[5, 5, 5, 5]``, in ``restricted_path``) has no
-op to run (specs section 6.13); here every layer has every scale it can reach, so all 1,703,991 paths run. The
+op to run; here every layer has every scale it can reach, so all 1,703,991 paths run. The
 official code's older ``all_path`` lists (block starts may jump to any scale at or below the previous block's:
 131/115/80/16) are reproduced by :func:`paths_from` with ``rule='all_path'`` for reference only: a 4x jump has no
 input branch in any supernet and no ``hytra`` spec.
@@ -46,7 +46,7 @@ carries ``stem_down: "dw"`` and ``empty_tail: "identity"`` for this.
 Deviations from the official supernet (each forced by "a path is the backbone of its spec" or by correctness):
 
 * attention is the standard ``softmax(q k^T) v`` of the backbone; the supernet code computes ``v softmax(q^T k)``
-  (normalised over the wrong index, specs section 1.1) and the retraining code and released weights use the standard
+  (normalised over the wrong index) and the retraining code and released weights use the standard
   form, so a searched path must use it too to be the network that is retrained;
 * shortcuts are the backbone's ResNet-D ones (average pool, 1x1 conv, BN, no activation) where the official
   supernet has 1x1 conv + BN + ReLU (same scale) or 3x3/2 conv + BN + ReLU (halving);
@@ -91,6 +91,7 @@ __all__ = [
     'get_space',
     'is_path',
     'paths_from',
+    'stage_of',
 ]
 
 NUM_BLOCKS = 4
@@ -106,6 +107,7 @@ RULES = ('restricted', 'full', 'all_path')
 
 
 def stage_of(choice: int) -> int:
+    """The stage (0 = 1/4 ... 3 = 1/32) of a choice index; a block's output stage is that of its last choice."""
     return CHOICES[choice][0]
 
 
