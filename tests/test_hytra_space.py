@@ -264,3 +264,17 @@ def test_full_size_supernet_on_meta() -> None:
     assert net.layers[1]['3'].block_halves and net.layers[1]['3'].halving is None
     assert net.layers[2]['3'].halving is not None and not net.layers[2]['3'].block_halves
     assert sorted(full.layers[0]) == [str(c) for c in range(6)]
+
+
+def test_silu_se_variant_is_the_backbone_of_its_spec() -> None:
+    """``act`` / ``se`` (BossNet-T0's retraining settings) go into the shared part of every candidate and the spec."""
+    torch.manual_seed(4)
+    space = search.get_space('hytra_tiny', act='silu', se=True)
+    net = search.build_supernet(space, num_classes=10).eval()
+    spec = space.to_spec(T0)
+    assert (spec['act'], spec['se']) == ('silu', True)
+    model = zoo.create_model(spec, num_classes=10).eval()
+    model.load_state_dict(net.path_state_dict(T0), strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), net(x, T0), rtol=0, atol=0)
