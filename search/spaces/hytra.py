@@ -31,7 +31,8 @@ block 0 and the previous block's last stage otherwise): block 0 has 51 paths (13
 op to run; here every layer has every scale it can reach, so all 1,703,991 paths run. The
 official code's older ``all_path`` lists (block starts may jump to any scale at or below the previous block's:
 131/115/80/16) are reproduced by :func:`paths_from` with ``rule='all_path'`` for reference only: a 4x jump has no
-input branch in any supernet and no ``hytra`` spec.
+input branch in any supernet and no ``hytra`` spec. The lists were compared once, outside the package, with the
+official ``restricted_path`` and ``all_path`` of ``hytra_paths.py``: equal as sets for every input scale.
 
 **Supernet.** Stem (7x7/2 conv, BN, act, max-pool) and the per-scale downsamplers of the official supernet
 (depthwise conv with kernel = stride = 2^k, 1x1 conv to the scale's bottleneck width, BN; also at 1/4, k = 0),
