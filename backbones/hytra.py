@@ -41,6 +41,18 @@ path never reaches the last scale). An empty stage 1 is an identity (features st
 empty stage is a 3x3 conv (stride of the stage) + BN + act, the official module for empty stages.
 ``act`` is ``"relu"`` or ``"silu"`` (stem and blocks), ``se`` a bool, ``last_stride`` 1 or 2.
 
+Optional fields (absent = the official values; the HyTra search space, ``search/spaces/hytra.py``, emits them so
+that a path of its supernet is exactly the network of its spec):
+
+* ``stem_down``: how the stem output reaches the first layer. ``"conv"`` (default): as above, the retraining code's
+  modules. ``"dw"``: the supernet's per-scale downsampler (``stem_down`` module: depthwise conv with kernel =
+  stride = 2^k, 1x1 conv to the first stage's bottleneck width, BN; k = 0 at 1/4), after which the first layer
+  runs at stride 1 on that width; leading empty stages are then identities.
+* ``empty_tail``: trailing empty stages. ``"conv"`` (default): the 3x3 conv + BN + act above. ``"identity"``: the
+  network ends at its last layer's scale, as a supernet path does.
+* ``stem_width`` (64), ``widths`` (bottleneck widths of the four stages, [64, 128, 256, 512]) and ``dim_head`` (64):
+  reduced-width variants (tests, CPU demos). Attention has ``widths[k] / dim_head`` heads in stages 3 and 4.
+
 MAdds (``paper_madds``) follow the official ``boss_madds.py`` rule: multiply-accumulates of convolutions (PEG
 included), linear layers and both attention products (q.k logits and attention x v); no BN, activation,
 pooling, softmax or bias terms. That is ``torch.utils.flop_counter.FlopCounterMode`` flops / 2, once the counter
@@ -49,7 +61,8 @@ is taught the CPU SDPA kernel, which it does not count by itself.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -65,7 +78,7 @@ from timm.models.resnet import downsample_avg
 from ._builder import FamilyBuilder
 from ._flops import count_macs
 from ._pretrained import hub_id
-from ._spec import SpecError, check_choice, check_header, check_list
+from ._spec import SpecError, check_choice, check_header, check_int, check_list
 
 __all__ = [
     'FAMILY',
@@ -75,9 +88,11 @@ __all__ = [
     'SPEC_VERSION',
     'Attention',
     'HyTraNet',
+    'InputBranch',
     'ResAtt',
     'ResConv',
     'build',
+    'option',
     'paper_madds',
     'validate_spec',
 ]
@@ -93,9 +108,20 @@ ACTS = ('relu', 'silu')
 LAST_STRIDES = (2, 1)
 STEM_WIDTH = 64
 STAGE_WIDTHS = (64, 128, 256, 512)  # bottleneck widths; stage outputs are 4x
+STEM_DOWNS = ('conv', 'dw')  # retraining modules (default) / the supernet's per-scale downsampler
+EMPTY_TAILS = ('conv', 'identity')  # trailing empty stages: official 3x3 conv (default) / nothing
+MAX_STEM_WIDTH = 256
+MAX_WIDTH = 1024  # 2x the official widest stage: about 150M weights at the bound
+#: optional spec fields and their values when absent
+DEFAULTS: dict[str, Any] = {
+    'stem_down': 'conv',
+    'empty_tail': 'conv',
+    'stem_width': STEM_WIDTH,
+    'widths': list(STAGE_WIDTHS),
+    'dim_head': 64,
+}
 EXPANSION = 4
-HEADS = (1, 2, 4, 8)  # official heads per stage (only stages 3 and 4 can hold attention)
-DIM_HEAD = 64
+DIM_HEAD = 64  # heads = bottleneck width / 64: 4 at 1/16, 8 at 1/32 (official)
 
 
 def _spec(stages: str, act: str = 'silu', se: bool = True, last_stride: int = 2) -> dict:
@@ -126,7 +152,8 @@ def validate_spec(spec: Any) -> dict:
 
     Raises one :class:`SpecError` naming the offending field and the values it may take.
     """
-    spec = check_header(spec, FAMILY, SPEC_VERSION, ('stages', 'act', 'se', 'last_stride'))
+    optional = tuple(f for f in DEFAULTS if isinstance(spec, Mapping) and f in spec)
+    spec = check_header(spec, FAMILY, SPEC_VERSION, ('stages', 'act', 'se', 'last_stride', *optional))
     stages = check_list(spec['stages'], 'stages', length=len(STAGE_WIDTHS))
     out = []
     for i, stage in enumerate(stages):
@@ -156,7 +183,35 @@ def validate_spec(spec: Any) -> dict:
     if not isinstance(spec['se'], bool):
         raise SpecError(f"spec field 'se': {spec['se']!r} is not one of the allowed values (False, True)")
     check_choice(spec['last_stride'], LAST_STRIDES, 'last_stride')
+    _check_optional(spec)
     return spec
+
+
+def _check_optional(spec: dict) -> None:
+    """Validate the optional fields (see the module docstring) in place."""
+    if 'stem_down' in spec:
+        check_choice(spec['stem_down'], STEM_DOWNS, 'stem_down')
+    if 'empty_tail' in spec:
+        check_choice(spec['empty_tail'], EMPTY_TAILS, 'empty_tail')
+    if 'stem_width' in spec:
+        check_int(spec['stem_width'], 'stem_width', minimum=1, maximum=MAX_STEM_WIDTH)
+    if 'widths' in spec:
+        widths = check_list(spec['widths'], 'widths', length=len(STAGE_WIDTHS))
+        spec['widths'] = [check_int(w, f'widths[{i}]', minimum=1, maximum=MAX_WIDTH) for i, w in enumerate(widths)]
+    if 'dim_head' in spec:
+        check_int(spec['dim_head'], 'dim_head', minimum=1, maximum=MAX_WIDTH)
+    widths, dim_head = option(spec, 'widths'), option(spec, 'dim_head')
+    for i in ATT_STAGES:
+        if widths[i] % dim_head:
+            raise SpecError(
+                f"spec field 'dim_head': {dim_head} does not divide widths[{i}] = {widths[i]} (attention in stage "
+                f'{i + 1} has widths[{i}] / dim_head heads)'
+            )
+
+
+def option(spec: dict, field: str) -> Any:
+    """An optional field of a validated spec, or its default."""
+    return spec.get(field, DEFAULTS[field])
 
 
 class PEG(nn.Module):
@@ -177,6 +232,29 @@ def _shortcut(in_chs: int, out_chs: int, stride: int) -> nn.Module:
     return downsample_avg(in_chs, out_chs, kernel_size=1, stride=stride)
 
 
+def _input_side(in_chs: int, dim: int, out_chs: int, stride: int) -> tuple[nn.Module, ...]:
+    """(shortcut, 1x1 conv, PEG, BN): the part of a layer that depends on its input's width and stride."""
+    shortcut = _shortcut(in_chs, out_chs, stride)
+    conv1 = nn.Conv2d(in_chs, dim, kernel_size=1, bias=False)
+    return shortcut, conv1, PEG(dim, stride), nn.BatchNorm2d(dim)
+
+
+class InputBranch(nn.Module):
+    """The input side of a ResConv / ResAtt (shortcut, 1x1 conv, PEG, first BN) for another input width or stride.
+
+    The HyTra supernet gives each candidate a same-scale input (the block's own modules) and a halving input (one
+    of these, stride 2) and shares everything after the first BN; ``forward`` returns what the block's
+    ``forward_body`` takes, so either input runs the block's own code.
+    """
+
+    def __init__(self, in_chs: int, dim: int, out_chs: int, stride: int = 1) -> None:
+        super().__init__()
+        self.downsample, self.conv1, self.peg, self.bn1 = _input_side(in_chs, dim, out_chs, stride)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.bn1(self.peg(self.conv1(x))), self.downsample(x)
+
+
 class ResConv(nn.Module):
     """ResNet bottleneck whose stride and position encoding sit in a PEG after the first 1x1 conv."""
 
@@ -191,10 +269,7 @@ class ResConv(nn.Module):
     ) -> None:
         super().__init__()
         out_chs = width * EXPANSION
-        self.downsample = _shortcut(in_chs, out_chs, stride)
-        self.conv1 = nn.Conv2d(in_chs, width, kernel_size=1, bias=False)
-        self.peg = PEG(width, stride)
-        self.bn1 = nn.BatchNorm2d(width)
+        self.downsample, self.conv1, self.peg, self.bn1 = _input_side(in_chs, width, out_chs, stride)
         self.act1 = create_act_layer(act_layer, inplace=True)
         self.conv2 = nn.Conv2d(width, width, kernel_size=3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(width)
@@ -209,8 +284,11 @@ class ResConv(nn.Module):
         nn.init.zeros_(self.bn3.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = self.downsample(x)
-        x = self.act1(self.bn1(self.peg(self.conv1(x))))
+        return self.forward_body(self.bn1(self.peg(self.conv1(x))), self.downsample(x))
+
+    def forward_body(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        """Everything after the first BN (``x``), with the shortcut's output."""
+        x = self.act1(x)
         x = self.act2(self.bn2(self.conv2(x)))
         x = self.se(self.bn3(self.conv3(x)))
         return self.act3(self.drop_path(x) + shortcut)
@@ -243,15 +321,20 @@ class Attention(nn.Module):
 class ResAtt(nn.Module):
     """Bottleneck transformer block: 1x1 -> PEG -> BN -> act -> MHSA -> BN -> act -> 1x1 -> BN, + shortcut, act."""
 
-    def __init__(self, in_chs: int, out_chs: int, heads: int, stride: int = 1, act_layer: str = 'relu') -> None:
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        heads: int,
+        stride: int = 1,
+        act_layer: str = 'relu',
+        dim_head: int = DIM_HEAD,
+    ) -> None:
         super().__init__()
-        dim = heads * DIM_HEAD
-        self.downsample = _shortcut(in_chs, out_chs, stride)
-        self.conv1 = nn.Conv2d(in_chs, dim, kernel_size=1, bias=False)
-        self.peg = PEG(dim, stride)
-        self.bn1 = nn.BatchNorm2d(dim)
+        dim = heads * dim_head
+        self.downsample, self.conv1, self.peg, self.bn1 = _input_side(in_chs, dim, out_chs, stride)
         self.act1 = create_act_layer(act_layer, inplace=True)
-        self.attn = Attention(dim, heads)
+        self.attn = Attention(dim, heads, dim_head)
         self.bn2 = nn.BatchNorm2d(dim)
         self.act2 = create_act_layer(act_layer, inplace=True)
         self.conv3 = nn.Conv2d(dim, out_chs, kernel_size=1, bias=False)
@@ -262,9 +345,11 @@ class ResAtt(nn.Module):
         nn.init.zeros_(self.bn3.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = self.downsample(x)
-        x = self.act1(self.bn1(self.peg(self.conv1(x))))
-        x = self.act2(self.bn2(self.attn(x)))
+        return self.forward_body(self.bn1(self.peg(self.conv1(x))), self.downsample(x))
+
+    def forward_body(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        """Everything after the first BN (``x``), with the shortcut's output."""
+        x = self.act2(self.bn2(self.attn(self.act1(x))))
         x = self.bn3(self.conv3(x))
         return self.act3(x + shortcut)
 
@@ -293,28 +378,45 @@ class HyTraNet(nn.Module):
         self.grad_checkpointing = False
         act = spec['act']
 
-        self.conv1 = nn.Conv2d(in_chans, STEM_WIDTH, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(STEM_WIDTH)
+        stem_width, widths, dim_head = option(spec, 'stem_width'), option(spec, 'widths'), option(spec, 'dim_head')
+        self.conv1 = nn.Conv2d(in_chans, stem_width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem_width)
         self.act1 = create_act_layer(act, inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
 
-        in_chs, reduction, layer_idx = STEM_WIDTH, 4, 0
+        used = [i for i, ops in enumerate(spec['stages']) if ops]
+        first, last = used[0], used[-1]
+        strides = (1, 2, 2, spec['last_stride'])
+        in_chs, reduction, layer_idx = stem_width, 4, 0
+        dw_down = option(spec, 'stem_down') == 'dw'
+        self.stem_down: nn.Module = nn.Identity()
+        if dw_down:  # the supernet's downsampler from the stem straight to the first layer's scale and width
+            down = math.prod(strides[: first + 1])
+            self.stem_down = nn.Sequential(
+                nn.Conv2d(stem_width, stem_width, kernel_size=down, stride=down, groups=stem_width, bias=False),
+                nn.Conv2d(stem_width, widths[first], kernel_size=1, bias=False),
+                nn.BatchNorm2d(widths[first]),
+            )
+            in_chs, reduction = widths[first], 4 * down
+        tail_identity = option(spec, 'empty_tail') == 'identity'
         self.feature_info: list[dict] = []
-        for i, (ops, width) in enumerate(zip(spec['stages'], STAGE_WIDTHS, strict=True)):
-            stride = 1 if i == 0 else spec['last_stride'] if i == 3 else 2
+        for i, (ops, width) in enumerate(zip(spec['stages'], widths, strict=True)):
+            stride = 1 if dw_down and i <= first else strides[i]
             out_chs = width * EXPANSION
             blocks: list[nn.Module] = []
             if ops:
                 for j, op in enumerate(ops):
                     s = stride if j == 0 else 1
                     if op == 'att':
-                        blocks.append(ResAtt(in_chs, out_chs, HEADS[i], stride=s, act_layer=act))
+                        heads = width // dim_head
+                        blocks.append(ResAtt(in_chs, out_chs, heads, stride=s, act_layer=act, dim_head=dim_head))
                     else:
                         dpr = drop_path_rate * layer_idx / (NUM_LAYERS - 1)
                         blocks.append(ResConv(in_chs, width, stride=s, act_layer=act, se=spec['se'], drop_path=dpr))
                     in_chs = out_chs
                     layer_idx += 1
-            elif i > 0:  # empty stage after the first: one 3x3 conv + BN + act (official module)
+            elif i > 0 and not (dw_down and i < first) and not (tail_identity and i > last):
+                # an empty stage after the first: one 3x3 conv + BN + act (official module)
                 blocks.append(
                     nn.Sequential(
                         nn.Conv2d(in_chs, out_chs, kernel_size=3, stride=stride, padding=1, bias=False),
@@ -323,7 +425,8 @@ class HyTraNet(nn.Module):
                     )
                 )
                 in_chs = out_chs
-            # an empty first stage is an identity: the stem output (64 channels, 1/4) is the first feature level
+            else:  # an identity: an empty first stage, one before the downsampler's scale, or a trailing one
+                stride = 1
             reduction *= stride
             self.add_module(f'layer{i + 1}', nn.Sequential(*blocks))
             self.feature_info.append(dict(num_chs=in_chs, reduction=reduction, module=f'layer{i + 1}'))
@@ -351,7 +454,7 @@ class HyTraNet(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, str]:
-        return dict(stem=r'^(conv1|bn1|maxpool)', blocks=r'^layer(\d+)' if coarse else r'^layer(\d+)\.(\d+)')
+        return dict(stem=r'^(conv1|bn1|maxpool|stem_down)', blocks=r'^layer(\d+)' if coarse else r'^layer(\d+)\.(\d+)')
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -379,7 +482,7 @@ class HyTraNet(nn.Module):
         """Stage outputs at ``indices`` (0..3 = layer1..layer4); there is no final norm, so ``norm`` is a no-op."""
         assert output_fmt == 'NCHW', 'Output shape must be NCHW.'
         take_indices, max_index = feature_take_indices(NUM_FEATURE_LEVELS, indices)
-        x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
+        x = self.stem_down(self.maxpool(self.act1(self.bn1(self.conv1(x)))))
         stages = self.stages[: max_index + 1] if stop_early else self.stages
         intermediates = []
         checkpointing = self.grad_checkpointing and not torch.jit.is_scripting()
@@ -409,7 +512,7 @@ class HyTraNet(nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
+        x = self.stem_down(self.maxpool(self.act1(self.bn1(self.conv1(x)))))
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq([self.layer1, self.layer2, self.layer3, self.layer4], x, flatten=True)
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))

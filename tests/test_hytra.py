@@ -279,3 +279,57 @@ def test_pretrained_cfgs():
         assert cfg['paper_ids'] == 'arXiv:2103.12424' and cfg['first_conv'] == 'conv1' and cfg['classifier'] == 'fc'
     assert _meta_model('bossnet_t1').pretrained_cfg['pool_size'] == (14, 14)
     assert _meta_model('bossnet_t0').pretrained_cfg['test_input_size'] == (3, 288, 288)
+
+
+@pytest.mark.parametrize(
+    ('field', 'value', 'named'),
+    [
+        ('stem_down', 'conv3x3', "'stem_down'"),
+        ('empty_tail', 'none', "'empty_tail'"),
+        ('stem_width', 0, "'stem_width'"),
+        ('stem_width', 10**6, "'stem_width'"),
+        ('widths', [64, 128, 256], "'widths'"),
+        ('widths', [64, 'x', 256, 512], "'widths[1]'"),
+        ('widths', [64, 128, 256, 4096], "'widths[3]'"),
+        ('dim_head', 48, "'dim_head'"),
+        ('dim_head', True, "'dim_head'"),
+    ],
+)
+def test_invalid_optional_fields_raise(field, value, named):
+    with pytest.raises(SpecError, match=named.replace('[', r'\[').replace(']', r'\]')):
+        hytra.validate_spec(_spec(**{field: value}))
+
+
+def test_optional_fields_at_their_defaults_build_bossnet_t0():
+    explicit = _spec(stem_down='conv', empty_tail='conv', stem_width=64, widths=[64, 128, 256, 512], dim_head=64)
+    assert hytra.validate_spec(explicit) == explicit  # kept as given, not stripped
+    with torch.device('meta'):
+        model, ref = hytra.build(explicit), _meta_model('bossnet_t0')
+    assert [(k, v.shape) for k, v in model.state_dict().items()] == [(k, v.shape) for k, v in ref.state_dict().items()]
+
+
+def test_supernet_layout_dw_downsampler_and_identity_tail():
+    """``stem_down: dw`` (the supernet's per-scale downsampler) and ``empty_tail: identity`` (a path ends where it
+    ends), here at reduced widths: first layer at 1/8, last at 1/16."""
+    spec = _spec(
+        stages=[[], ['conv'] * 4, ['conv'] * 3 + ['att'] * 9, []],
+        act='relu',
+        se=False,
+        stem_down='dw',
+        empty_tail='identity',
+        stem_width=8,
+        widths=[8, 16, 32, 64],
+        dim_head=16,
+    )
+    model = hytra.build(spec).eval()
+    down = model.stem_down
+    assert (down[0].kernel_size, down[0].stride, down[0].groups) == ((2, 2), (2, 2), 8)
+    assert (down[1].in_channels, down[1].out_channels) == (8, 16) and len(model.layer1) == len(model.layer4) == 0
+    assert model.layer2[0].conv1.in_channels == 16 and model.layer2[0].peg.conv.stride == (1, 1)
+    assert model.layer3[0].peg.conv.stride == (2, 2) and model.layer3[3].attn.heads == 2
+    assert [f['reduction'] for f in model.feature_info] == [8, 8, 16, 16]
+    assert [f['num_chs'] for f in model.feature_info] == [16, 64, 128, 128]
+    feats = model.forward_intermediates(torch.randn(1, 3, 64, 64), intermediates_only=True)
+    assert [tuple(f.shape[1:]) for f in feats] == [(16, 8, 8), (64, 8, 8), (128, 4, 4), (128, 4, 4)]
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1000) and model.num_features == 128
+    assert 'stem_down.1.weight' in model.state_dict()

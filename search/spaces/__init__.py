@@ -36,6 +36,8 @@ SPACES: dict[str, str | Callable[..., Any]] = {
     'tiny': 'search.spaces.mbconv:get_space',
     'fairnas': 'search.spaces.fairnas:get_space',
     'fairnas_tiny': 'search.spaces.fairnas:get_space',
+    'hytra': 'search.spaces.hytra:get_space',
+    'hytra_tiny': 'search.spaces.hytra:get_space',
     'nb201': 'search.spaces.nb201:get_space',
     'nb201_tiny': 'search.spaces.nb201:get_space',
     'nats_size': 'search.spaces.nats:get_space',
