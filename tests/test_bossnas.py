@@ -286,3 +286,31 @@ def test_killed_run_resumes_to_the_same_spec(tiny_run: Path, tiny_data: Path, tm
     b = json.loads((out / 'search_result.json').read_text())['results']
     assert [r['spec'] for r in a] == [r['spec'] for r in b]
     assert [r['score'] for r in a] == [r['score'] for r in b]
+
+
+def test_tiny_mbconv_run_writes_an_mbconv_spec_that_builds(tiny_data: Path, tmp_path: Path) -> None:
+    config = ROOT / 'configs/search/bossnas_mbconv_tiny.yaml'
+    cmd = [sys.executable, '-m', 'search', 'bossnas', '--config', str(config), '--data-dir', str(tiny_data)]
+    proc = subprocess.run(
+        [*cmd, '--output', str(tmp_path / 'mb')], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((tmp_path / 'mb' / 'arch' / 'top1.json').read_text())
+    net = timm.create_model('mbconv', spec=doc['spec'], num_classes=10).eval()
+    assert net(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+    space = get_space('tiny', img_size=32)
+    best = json.loads((tmp_path / 'mb' / 'bossnas.json').read_text())['best_paths']
+    assert len(best) == len(space.blocks)
+    rows = json.loads((tmp_path / 'mb' / 'block1' / 'ratings' / 'block.json').read_text())['candidates']
+    assert len(rows) == sum(len(b.ops) ** c.layers for b in space.blocks[1:2] for c in b.cells)
+
+
+def test_full_size_nats_config_has_the_official_values_and_builds_on_meta() -> None:
+    cfg = load_config(BossNASConfig, ROOT / 'configs/search/bossnas_nats.yaml', {})
+    assert (cfg.paths, cfg.pairs, cfg.sampling, cfg.epochs) == (8, 1, 'fair', 50)
+    assert (cfg.proj_in, cfg.proj_hidden, cfg.proj_out, cfg.pred_hidden) == (2048, 4096, 256, 4096)
+    assert cfg.lr == pytest.approx(0.48) and cfg.ema_base == 0.99 and cfg.warmup_epochs == 2.0
+    space = get_space(cfg.space, img_size=cfg.img_size)
+    with torch.device('meta'):
+        runner = BossRunner(make_adapter(space), space.build_supernet(), cfg)
+    assert len(runner.online.projectors) == 3 and len(runner.online.projectors[0].fix) == 8

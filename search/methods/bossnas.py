@@ -44,7 +44,8 @@ net + predictor, as the official code; lower is better). Every path of the block
 
 **Search.** A fixed architecture's score is the sum of its blocks' scores (lambda_k = 1, the official NATS and
 MBConv ranking; the official +4 per block is a constant). NATS with an additive metric (flops, macs, params):
-the exact budgeted k-best search of ``search.strategies.budgeted`` (as DNA's); otherwise the whole space in score
+and the DNA-style MBConv spaces (DNA's costs): the exact budgeted k-best search of ``search.strategies.budgeted``
+(as DNA's); otherwise the whole space in score
 order, the first ``top_k`` within the budget. Specs are written to ``OUTPUT/arch/top<i>.json`` by the engine.
 """
 
@@ -358,7 +359,9 @@ class BossNASBlock:
         """``paths`` paths of block ``k``, a pure function of (seed, block, step)."""
         g = engine.generator(self.cfg.seed, 'bossnas-path', self.k, step)
         if self.cfg.sampling == 'fair':
-            return fair_paths(self.adapter.decisions(self.k), self.cfg.paths, g)
+            return [
+                self.adapter.canonical(self.k, p) for p in fair_paths(self.adapter.decisions(self.k), self.cfg.paths, g)
+            ]
         return uniform_paths(self.adapter.block_paths(self.k, self.best), self.cfg.paths, g)
 
     def train_step(self, images: Any, labels: torch.Tensor, paths: list, ctx: StepContext) -> dict[str, torch.Tensor]:
@@ -624,10 +627,13 @@ class SummedSearcher:
     whole space in score order."""
 
     def search(self, space: Any, rated: BlockScores, metric: str, budget: float | None, top_k: int) -> list[Found]:
+        from ..spaces.mbconv import MBConvSpace
         from ..spaces.nats import NATSSizeSpace
 
         if isinstance(space, NATSSizeSpace) and metric != 'latency':
             return self._exact(space, rated, metric, budget, top_k)
+        if isinstance(space, MBConvSpace):
+            return self._exact_mbconv(space, rated, metric, budget, top_k)
         allowed = [space.allowed(i) for i in range(len(space.num_choices))]
         scored = sorted((rated(a), space.key(a), a) for a in itertools.product(*allowed))
         found = []
@@ -660,3 +666,33 @@ class SummedSearcher:
             arch = space.encode([c.payload for c in sol.choices])
             found.append(Found(arch, sol.score, sol.cost, {'block_scores': [c.score for c in sol.choices]}))
         return found
+
+    def _exact_mbconv(self, space: Any, rated: BlockScores, metric: str, budget: float | None, top_k: int) -> list:
+        """DNA's costs (paper FLOPs rule, MACs, params) per (block, input width, choice); the block score does not
+        depend on the input width (the block was rated on the previous best path's width, as the official code)."""
+        from ..spaces.mbconv import PAPER_FLOPS_FACTOR, choice_cost, fixed_cost
+        from ..strategies.budgeted import Candidate, exact_search
+
+        if metric == 'latency':
+            raise ValueError('bossnas on MBConv spaces: latency budgets are not supported (use flops, macs or params)')
+        scale, index = (PAPER_FLOPS_FACTOR if metric == 'flops' else 1.0), (1 if metric == 'params' else 0)
+        blocks = []
+        for k in range(len(space.blocks)):
+            cands = []
+            for in_w, choice in space.candidates(k):
+                path = (choice.cell, *(space.blocks[k].ops.index(op) for op in choice.ops))
+                score = rated.blocks[k][rated.adapter.block_key(path)]
+                cost = choice_cost(space, k, in_w, choice)[index] * scale
+                cands.append(Candidate(score, cost, in_w, space.blocks[k].cells[choice.cell].width, choice))
+            blocks.append(cands)
+        fixed = fixed_cost(space)[index] * scale
+        solutions = exact_search(blocks, budget, k=top_k, fixed_cost=fixed, start_key=space.ds_width)
+        return [
+            Found(
+                space.encode([c.payload for c in s.choices]),
+                s.score,
+                s.cost,
+                {'block_scores': [c.score for c in s.choices]},
+            )
+            for s in solutions
+        ]
