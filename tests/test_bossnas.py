@@ -314,3 +314,39 @@ def test_full_size_nats_config_has_the_official_values_and_builds_on_meta() -> N
     with torch.device('meta'):
         runner = BossRunner(make_adapter(space), space.build_supernet(), cfg)
     assert len(runner.online.projectors) == 3 and len(runner.online.projectors[0].fix) == 8
+
+
+def test_two_gloo_processes_equal_one_process_with_two_accumulation_steps(tiny_data: Path, tmp_path: Path) -> None:
+    """torchrun, 2 CPU processes x 4 images == 1 process x (2 accumulation steps x 4 images), batch 8 both."""
+    from tests.test_search_dna import _free_port
+
+    ddp = tmp_path / 'ddp'
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc-per-node', '2', '--master-port', str(_free_port())]
+    cmd += ['-m', 'search', 'bossnas', '--config', str(TINY), '--data-dir', str(tiny_data), '--output', str(ddp)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    single = tmp_path / 'single'
+    _run(single, tiny_data, '--grad-accum', '2')
+    for k in range(3):
+        a = torch.load(ddp / f'block{k}' / 'checkpoints' / 'last.pt', weights_only=True)['model']
+        b = torch.load(single / f'block{k}' / 'checkpoints' / 'last.pt', weights_only=True)['model']
+        # parameters (online and EMA target) match; BN running statistics differ by design (DDP keeps rank 0's)
+        params = [n for n in a if not n.endswith(('running_mean', 'running_var', 'num_batches_tracked'))]
+        for key in params:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+    ra = json.loads((ddp / 'search_result.json').read_text())['results']
+    rb = json.loads((single / 'search_result.json').read_text())['results']
+    assert [r['arch'] for r in ra] == [r['arch'] for r in rb]
+
+
+def test_a_block_trained_on_other_best_paths_is_not_reused(tmp_path: Path) -> None:
+    from search.pipeline import RunFolderError
+
+    cfg = dataclasses.replace(_cfg(), output=str(tmp_path / 'block1'))
+    ctx = engine.init_distributed('cpu')
+    BossNAS._check_prefix(cfg, [(0, 1)], ctx)  # first time: recorded
+    (tmp_path / 'block1' / 'checkpoints').mkdir(parents=True)
+    (tmp_path / 'block1' / 'checkpoints' / 'last.pt').write_bytes(b'')
+    BossNAS._check_prefix(cfg, [(0, 1)], ctx)  # same prefix: fine
+    with pytest.raises(RunFolderError, match='--overwrite'):
+        BossNAS._check_prefix(cfg, [(1, 1)], ctx)

@@ -577,6 +577,7 @@ class BossNAS:
             ctx.barrier()
             block = BossNASBlock(bcfg, k, best, init)
             ckpt = pipeline.checkpoint_path(bcfg)
+            self._check_prefix(bcfg, best, ctx)
             if not (ckpt.is_file() and int(engine.load_checkpoint(ckpt)['step']) >= steps):
                 pipeline.train(block, ctx, resume=True)
             rows = block.rater(ctx).rate()
@@ -591,6 +592,23 @@ class BossNAS:
             found = pipeline.search(self, self.rater(ctx).rate(), ctx.device)
         ctx.barrier()
         return found
+
+    @staticmethod
+    def _check_prefix(bcfg: BossNASConfig, best: Sequence[tuple[int, ...]], ctx: engine.DistContext) -> None:
+        """Record the best paths a block is trained on (``prefix.json``); a block trained on other paths (the
+        earlier blocks were rerated with other options) is not reused silently."""
+        record = bcfg.out / 'prefix.json'
+        want = [list(p) for p in best]
+        if record.is_file() and pipeline.checkpoint_path(bcfg).is_file():
+            had = json.loads(record.read_text())['best_paths']
+            if had != want:
+                raise pipeline.RunFolderError(
+                    f'{bcfg.out} was trained on the best paths {had} of the earlier blocks, which are now {want}: '
+                    'pass --overwrite to train again'
+                )
+        if ctx.is_main:
+            record.parent.mkdir(parents=True, exist_ok=True)
+            record.write_text(json.dumps({'best_paths': want}) + '\n')
 
     def rater(self, ctx: engine.DistContext) -> SummedRater:
         return SummedRater(self)
