@@ -66,6 +66,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from backbones._runtime import atomic_write_json
+
 from .. import data as data_lib
 from .. import engine, pipeline
 from ..config import ConfigError, SearchConfig
@@ -452,10 +454,7 @@ class BlockRater:
                 return doc['candidates']
         rows = self._rate()
         if self.ctx.is_main:
-            doc = {'fingerprint': fp, 'block': self.method.k, 'candidates': rows}
-            from backbones._runtime import atomic_write_json
-
-            atomic_write_json(self.path, doc)
+            atomic_write_json(self.path, {'fingerprint': fp, 'block': self.method.k, 'candidates': rows})
         return rows
 
     @torch.no_grad()
