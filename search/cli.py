@@ -106,6 +106,9 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, Any, tuple[str, ...]]:
         return cls, cfg, stages
     if not staged:
         _check_data_dir(cfg)
+        if hasattr(cls, 'check_folder'):  # a driver that guards its own run folder (BossNAS)
+            cls.check_folder(cfg, args.resume, args.overwrite)
+            return cls, cfg, stages
         out = Path(cfg.output)
         if (out / 'generations.json').is_file() and not (args.resume or args.overwrite):
             raise ConfigError(f'{out} holds an earlier run (generations.json): pass --resume or --overwrite')

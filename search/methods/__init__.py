@@ -14,6 +14,7 @@ from typing import Any
 __all__ = ['METHODS', 'get_method']
 
 METHODS: dict[str, str] = {
+    'bossnas': 'search.methods.bossnas:BossNAS',
     'dna': 'search.methods.dna:DNA',
     'dna_cell': 'search.methods.dna_cell:DNACell',
     'dna_plus': 'search.methods.dna_plus:DNAPlus',

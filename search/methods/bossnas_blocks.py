@@ -1,0 +1,212 @@
+"""Block adapters of BossNAS: how a block-wise space's supernet is cut into blocks and how a block's paths run.
+
+BossNAS (arXiv 2103.12424, section 3) trains and rates a supernet block by block, greedily: block ``k`` is trained
+and rated on top of the best paths found for blocks ``0 .. k-1``. An adapter tells the method, for one space:
+
+* ``num_blocks``; ``block_paths(k, best)``, every candidate path of block ``k`` (exhaustive rating), given the best
+  paths of the earlier blocks (``best``: a list of paths). The greedy dependence lives here: a HyTra adapter would
+  return the paths whose first op starts at a scale the previous best path reaches (specs section 2.3: the next
+  block's scales are limited by the last op of that path); NATS and NB201 ignore ``best``.
+* ``run_block(supernet, x, k, path)``: block ``k`` of ``path`` on its input ``x`` (block 0 holds the stem).
+* ``out_widths(k)``: every channel count block ``k`` can output (one projector ``channel_fix`` per width).
+* ``split(arch)``: the per-block paths of a whole architecture, and ``block_key(path)``: a path's name, so that
+  a fixed architecture's score is the sum of its blocks' scores (NATS, NB201; specs section 2.3).
+* ``decisions(k)``: the decisions of block ``k`` (fair path sampling permutes the options of each), and
+  ``canonical(k, path)``: a drawn path as ``block_paths`` lists it (MBConv drops the ops past the cell's depth).
+
+A path is a tuple of choice indices: for NATS the width indices of the block's layers (the official rating keys);
+for NB201 the whole cell genotype (one cell is shared by the three resolution stages, so every block rates every
+genotype); for the DNA-style MBConv spaces the cell index and one op index per layer of that cell. A HyTra
+adapter plugs in by implementing the same methods (its paths: op indices of the block's layers; ``run_block``
+picks the input branch from the previous path's last scale) and registering in :func:`make_adapter`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import torch
+import torch.nn as nn
+
+from ..spaces.mbconv import BlockChoice, MBConvSpace
+from ..spaces.nats import NATSSizeSpace
+from ..spaces.nb201 import NB201Space
+
+__all__ = [
+    'BlockAdapter',
+    'MBConvAdapter',
+    'NATSAdapter',
+    'NB201Adapter',
+    'fair_paths',
+    'make_adapter',
+    'uniform_paths',
+]
+
+Path = tuple[int, ...]
+
+
+class BlockAdapter(Protocol):
+    """What BossNAS needs of a block-wise space (see the module docstring)."""
+
+    num_blocks: int
+
+    def decisions(self, k: int) -> list[tuple[int, ...]]: ...
+
+    def block_paths(self, k: int, best: Sequence[Path]) -> list[Path]: ...
+
+    def run_block(self, supernet: nn.Module, x: torch.Tensor, k: int, path: Path) -> torch.Tensor: ...
+
+    def out_widths(self, k: int) -> tuple[int, ...]: ...
+
+    def split(self, arch: Sequence[int]) -> list[Path]: ...
+
+    def block_key(self, path: Path) -> str: ...
+
+    def canonical(self, k: int, path: Path) -> Path: ...
+
+
+class NATSAdapter:
+    """NATS-Bench size space: blocks of ``space.blocks`` (CIFAR-10 split ``[2, 2, 1]``), a path = the width indices
+    of the block's layers; the input width comes from the tensor (slimmable convs), as the official rating fixes
+    it to the previous best path's last width."""
+
+    def __init__(self, space: NATSSizeSpace) -> None:
+        self.space = space
+        self.num_blocks = len(space.blocks)
+
+    def decisions(self, k: int) -> list[tuple[int, ...]]:
+        return [tuple(range(len(self.space.widths)))] * len(self.space.blocks[k])
+
+    def block_paths(self, k: int, best: Sequence[Path]) -> list[Path]:
+        return list(itertools.product(*self.decisions(k)))
+
+    def run_block(self, supernet: nn.Module, x: torch.Tensor, k: int, path: Path) -> torch.Tensor:
+        arch = [0] * len(self.space.num_choices)
+        for i, c in zip(self.space.blocks[k], path, strict=True):
+            arch[i] = c
+        return supernet.forward_block(x, tuple(arch), k)
+
+    def out_widths(self, k: int) -> tuple[int, ...]:
+        return self.space.widths
+
+    def split(self, arch: Sequence[int]) -> list[Path]:
+        arch = self.space.check(arch)
+        return [tuple(arch[i] for i in block) for block in self.space.blocks]
+
+    def block_key(self, path: Path) -> str:
+        return ''.join(str(c) for c in path)  # the official path_rank_<k>.yml keys
+
+    def canonical(self, k: int, path: Path) -> Path:
+        return tuple(path)
+
+
+class NB201Adapter:
+    """NB201 cell space: three blocks by resolution (stem + stage 0, stage 1, stage 2, as ``dna_cell``), a path =
+    the whole (shared) cell genotype."""
+
+    def __init__(self, space: NB201Space) -> None:
+        self.space = space
+        self.num_blocks = 3
+
+    def decisions(self, k: int) -> list[tuple[int, ...]]:
+        return [self.space.allowed(i) for i in range(len(self.space.num_choices))]
+
+    def block_paths(self, k: int, best: Sequence[Path]) -> list[Path]:
+        return list(itertools.product(*self.decisions(k)))
+
+    def run_block(self, supernet: nn.Module, x: torch.Tensor, k: int, path: Path) -> torch.Tensor:
+        supernet.set_arch(path)
+        if k == 0:
+            x = supernet.stem(x)
+        return supernet.stages[k](x)
+
+    def out_widths(self, k: int) -> tuple[int, ...]:
+        return (self.space.channels * 2**k,)
+
+    def split(self, arch: Sequence[int]) -> list[Path]:
+        arch = self.space.check(arch)
+        return [arch] * self.num_blocks
+
+    def block_key(self, path: Path) -> str:
+        return self.space.key(path)
+
+    def canonical(self, k: int, path: Path) -> Path:
+        return tuple(path)
+
+
+class MBConvAdapter:
+    """DNA-style MBConv spaces (``search/spaces/mbconv.py``): a block path = ``(cell, op index per layer of that
+    cell)``; block 0 starts with the fixed stem + DS layer; the input width comes from the tensor (the previous best
+    path's cell width), as ``supernet.path_layers`` picks the layer's input branch by width."""
+
+    def __init__(self, space: MBConvSpace) -> None:
+        self.space = space
+        self.num_blocks = len(space.blocks)
+
+    def decisions(self, k: int) -> list[tuple[int, ...]]:
+        block = self.space.blocks[k]
+        depth = max(c.layers for c in block.cells)
+        return [tuple(range(len(block.cells)))] + [tuple(range(len(block.ops)))] * depth
+
+    def canonical(self, k: int, path: Path) -> Path:
+        """The cell and the ops of its own layers (a fair draw covers the deepest cell)."""
+        cell = path[0]
+        return (cell, *path[1 : 1 + self.space.blocks[k].cells[cell].layers])
+
+    def block_paths(self, k: int, best: Sequence[Path]) -> list[Path]:
+        block = self.space.blocks[k]
+        out: list[Path] = []
+        for c, cell in enumerate(block.cells):
+            out += [(c, *ops) for ops in itertools.product(range(len(block.ops)), repeat=cell.layers)]
+        return out
+
+    def choice(self, k: int, path: Path) -> BlockChoice:
+        ops = self.space.blocks[k].ops
+        return BlockChoice(path[0], tuple(ops[i] for i in path[1:]))
+
+    def run_block(self, supernet: nn.Module, x: torch.Tensor, k: int, path: Path) -> torch.Tensor:
+        if k == 0:
+            x = supernet.stem(x)
+        for layer in supernet.path_layers(k, x.shape[1], self.choice(k, path)):
+            x = layer(x)
+        return x
+
+    def out_widths(self, k: int) -> tuple[int, ...]:
+        return tuple(sorted({c.width for c in self.space.blocks[k].cells}))
+
+    def split(self, arch: Sequence[int]) -> list[Path]:
+        out = []
+        for k, choice in enumerate(self.space.decode(arch)):
+            ops = self.space.blocks[k].ops
+            out.append((choice.cell, *(ops.index(op) for op in choice.ops)))
+        return out
+
+    def block_key(self, path: Path) -> str:
+        return '-'.join(str(c) for c in path)
+
+
+def make_adapter(space: Any) -> BlockAdapter:
+    """The adapter of ``space``; a space without one raises naming the supported ones."""
+    if isinstance(space, NATSSizeSpace):
+        return NATSAdapter(space)
+    if isinstance(space, NB201Space):
+        return NB201Adapter(space)
+    if isinstance(space, MBConvSpace):
+        return MBConvAdapter(space)
+    raise ValueError(f'space {space.name!r}: BossNAS runs on the nats_size, nb201 and MBConv spaces (no block adapter)')
+
+
+def fair_paths(decisions: Sequence[Sequence[int]], n: int, generator: torch.Generator) -> list[Path]:
+    """``n`` paths with FairNAS-style fair sampling: each decision's options in a random order, path ``i`` taking
+    option ``i mod len(options)`` (every option used exactly once per decision when ``n`` equals their number)."""
+    perms = [[opts[j] for j in torch.randperm(len(opts), generator=generator).tolist()] for opts in decisions]
+    return [tuple(p[i % len(p)] for p in perms) for i in range(n)]
+
+
+def uniform_paths(paths: Sequence[Path], n: int, generator: torch.Generator) -> list[Path]:
+    """``n`` distinct paths drawn uniformly from ``paths`` (all of them, shuffled, when there are fewer), as the
+    official HyTra ``RandomPathHook`` draws with ``random.sample``."""
+    order = torch.randperm(len(paths), generator=generator).tolist()
+    return [paths[i] for i in order[: min(n, len(paths))]]
