@@ -13,6 +13,14 @@ Every layer has the width the final network has (DNA's 1x1 adapters to and from 
 the DNA method, ``search.methods.dna.DNAAdapters``). Because the first layer of a block takes the width chosen in
 the previous block, it has one set of weights per possible input width, and the search only joins candidates whose
 widths fit.
+
+BossNAS's MBConv space (``bossnas_mbconv``; arXiv 2103.12424 App. A.2, official ``mbconv_supernet.py`` and
+``mbconv_ops.py``) is ``dna_small`` (18 layers x 4 ops in the official order MB6 3x3, MB6 5x5, MB3 3x3, MB3 5x5, SE
+0.25, SiLU) with ``shortcut='avg_down'``: every searched layer is residual, with an avg-pool + 1x1 conv + BN
+shortcut where stride or width changes (the ``mbconv`` spec field ``shortcut``). As in the official ``MixOps``, the
+ops of one layer share that shortcut. The last layer (320) is fixed to MB6 3x3 (the official supernet builds four
+candidates there but never trains or rates block 5). :func:`arch_from_op_string` reads the op-index strings of the
+authors' rating files. Decisions: docs/search.md, "The MBConv space of BossNAS".
 """
 
 from __future__ import annotations
