@@ -204,3 +204,12 @@ def test_the_23_rated_dna_architectures_are_paths() -> None:
     assert len(specs) == 23 and len({json.dumps(s) for s in specs}) == 23
     archs = [arch_from_op_string(space, a['path']) for a in doc['dna_archs']]
     assert [space.from_spec(s) for s in specs] == archs
+
+
+def test_full_supernet_builds_on_meta() -> None:
+    with torch.device('meta'):
+        net = MBConvSupernet('bossnas_mbconv')
+    assert count_params(net) == 10_437_336  # trunk, shared shortcuts counted once (docs/search.md)
+    first = net.blocks[0][0].layers[0]
+    assert sorted(first.ops) == ['16_k3e3', '16_k3e6', '16_k5e3', '16_k5e6']
+    assert first.ops['16_k3e6'].shortcut is first.ops['16_k5e3'].shortcut
