@@ -323,8 +323,8 @@ class AvgDownInvertedResidual(InvertedResidual):
 def _avg_down(block: InvertedResidual) -> nn.Module:
     in_chs, out_chs = block.conv_pw.in_channels, block.conv_pwl.out_channels
     stride = block.conv_dw.stride[0] * (1 if isinstance(block.aa, nn.Identity) else 2)  # anti-aliasing strides
-    if in_chs == out_chs:  # stride 2 at the same width: the pool alone (official MixOps)
-        return nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False)
+    if in_chs == out_chs:  # stride 2 at the same width: the pool alone (official MixOps); identity for noskip
+        return nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False) if stride > 1 else nn.Identity()
     shortcut = downsample_avg(in_chs, out_chs, kernel_size=1, stride=stride)
     efficientnet_init_weights(shortcut)  # timm's EfficientNet init, as every other conv/BN of the network
     return shortcut
