@@ -314,10 +314,15 @@ class AvgDownInvertedResidual(InvertedResidual):
     activation after it and the layer's drop path applies to the residual branch, as in the official code.
     """
 
-    shortcut: nn.Module
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop_path(super().forward(x)) + self.shortcut(x)
+        # timm's InvertedResidual.forward without its skip (TorchScript allows no super() call; a test compares the
+        # two), then the shortcut
+        shortcut = self.shortcut(x)
+        if self.conv_s2d is not None:
+            x = self.bn_s2d(self.conv_s2d(x))
+        x = self.bn2(self.conv_dw(self.bn1(self.conv_pw(x))))
+        x = self.bn3(self.conv_pwl(self.se(self.aa(x))))
+        return self.drop_path(x) + shortcut
 
 
 def _avg_down(block: InvertedResidual) -> nn.Module:

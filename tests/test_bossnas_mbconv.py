@@ -10,6 +10,7 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.models._efficientnet_blocks import InvertedResidual
 
 import zoo
 from backbones import mbconv
@@ -78,7 +79,7 @@ def test_shortcut_is_the_official_downsample() -> None:
     for name, width_in in (('blocks.1.0', 8), ('blocks.2.0', 16), ('blocks.3.0', 16)):
         layer = net.get_submodule(name)
         x = torch.randn(2, width_in, 9, 9)
-        body = mbconv.InvertedResidual.forward(layer, x)  # timm's forward: no skip at a stride/width change
+        body = InvertedResidual.forward(layer, x)  # timm's forward: no skip at a stride/width change
         ref = x
         if layer.conv_dw.stride[0] == 2:
             ref = F.avg_pool2d(ref, 2, 2, ceil_mode=True, count_include_pad=False)
@@ -105,6 +106,17 @@ def test_shortcut_is_the_official_downsample() -> None:
 def test_bad_shortcut_is_named(value: object, message: str) -> None:
     with pytest.raises(SpecError, match=message):
         mbconv.validate_spec(dict(TINY_SPEC, shortcut=value))
+
+
+@pytest.mark.filterwarnings('ignore:.*torch.jit.script.*:FutureWarning')
+def test_avg_down_scripts_and_traces() -> None:
+    torch.manual_seed(0)
+    net = _randomise_bn(timm.create_model('mbconv', spec=TINY_SPEC, num_classes=3))
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.script(net)(x), net(x))
+    fx = timm.create_model('mbconv', spec=TINY_SPEC, features_only=True, out_indices=(0, 1, 2), feature_cls='fx')
+    assert sum('shortcut' in k for k in fx.state_dict()) == 12  # two conv shortcuts (conv + 5 BN entries)
 
 
 def test_features_only_has_the_shortcuts() -> None:
