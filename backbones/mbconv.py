@@ -32,6 +32,12 @@ expansion 3/6 (``ir`` only), stride 1/2, SE ratio 0.25 or no ``se`` option (no s
 The optional field ``act_layer`` is ``"swish"`` (the default, DNA/EfficientNet) or ``"relu6"`` (MobileNetV2 and the
 FairNAS-style single-path space of "Inter-choice dependent super-network weights", arXiv 2104.11522, Table 4); it
 sets every activation (stem, blocks, head), as timm's ``act_layer``. Specs without it build as before.
+
+The optional field ``shortcut`` is ``"identity"`` (the default: timm's rule, an identity skip only where an ``ir``
+layer keeps stride 1 and width) or ``"avg_down"`` (the MBConv space of BossNAS, arXiv 2103.12424, official
+``mbconv_ops.InvertedResidual`` with ``downsample``): then *every* ``ir`` layer is residual, and one that changes
+stride or width adds ``AvgPool2d(2, ceil_mode=True, count_include_pad=False)`` (stride 2) then a 1x1 conv + BN (width
+change) of its input, no activation after the sum (:class:`AvgDownInvertedResidual`). ``ds`` layers keep timm's rule.
 """
 
 from __future__ import annotations
@@ -40,18 +46,33 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._builder import pretrained_cfg_for_features
-from timm.models._efficientnet_builder import decode_arch_def
+from timm.models._efficientnet_blocks import InvertedResidual
+from timm.models._efficientnet_builder import decode_arch_def, efficientnet_init_weights
 from timm.models.efficientnet import EfficientNet, EfficientNetFeatures
+from timm.models.resnet import downsample_avg
 
 from ._builder import FamilyBuilder
 from ._pretrained import hub_id
 from ._spec import SpecError, check_choice, check_header, check_int, check_list
 
-__all__ = ['ACTIVATIONS', 'FAMILY', 'SPECS', 'SPEC_VERSION', 'MBConvNet', 'MBConvNetFeatures', 'build', 'validate_spec']
+__all__ = [
+    'ACTIVATIONS',
+    'FAMILY',
+    'SHORTCUTS',
+    'SPECS',
+    'SPEC_VERSION',
+    'AvgDownInvertedResidual',
+    'MBConvNet',
+    'MBConvNetFeatures',
+    'add_avg_down_shortcuts',
+    'build',
+    'validate_spec',
+]
 
 FAMILY = 'mbconv'
 SPEC_VERSION = 1
@@ -64,8 +85,10 @@ STRIDES = (1, 2)
 SE_RATIOS = (0.25,)
 ACTIVATIONS = ('swish', 'relu6')
 DEFAULT_ACT = 'swish'
+SHORTCUTS = ('identity', 'avg_down')
+DEFAULT_SHORTCUT = 'identity'
 _FIELDS = ('stem_size', 'num_features', 'stages')
-_OPTIONAL_FIELDS = ('act_layer',)
+_OPTIONAL_FIELDS = ('act_layer', 'shortcut')
 
 _TOKEN = re.compile(r'^(r|k|s|e|c|se)(\d+(?:\.\d+)?)$')
 _NAMES = {'r': 'repeats', 'k': 'kernel', 's': 'stride', 'e': 'expansion', 'c': 'channels', 'se': 'SE ratio'}
@@ -219,6 +242,7 @@ def _approx_params(spec: dict) -> int:
     """
     c_in = spec['stem_size']
     total = 3 * 3 * 3 * c_in
+    avg_down = spec.get('shortcut', DEFAULT_SHORTCUT) == 'avg_down'
     for stage in spec['stages']:
         for block in stage:
             kind, o = _parse_block(block, 'stages')
@@ -226,6 +250,8 @@ def _approx_params(spec: dict) -> int:
                 mid = c_in * int(o.get('e', 1))
                 se = int(c_in * o.get('se', 0))
                 total += (c_in * mid if kind == 'ir' else 0) + mid * int(o['k']) ** 2 + 2 * mid * se + mid * int(o['c'])
+                if avg_down and kind == 'ir' and c_in != o['c']:
+                    total += c_in * int(o['c'])  # the 1x1 conv of the shortcut
                 c_in = int(o['c'])
     return total + c_in * spec['num_features']
 
@@ -240,6 +266,8 @@ def validate_spec(spec: Any) -> dict:
     spec = check_header(spec, FAMILY, SPEC_VERSION, _FIELDS + optional)
     if 'act_layer' in spec:
         check_choice(spec['act_layer'], ACTIVATIONS, 'act_layer')
+    if 'shortcut' in spec:
+        check_choice(spec['shortcut'], SHORTCUTS, 'shortcut')
     check_int(spec['stem_size'], 'stem_size', minimum=1, maximum=MAX_WIDTH)
     check_int(spec['num_features'], 'num_features', minimum=1, maximum=MAX_NUM_FEATURES)
     stages = check_list(spec['stages'], 'stages', max_length=MAX_STAGES)
@@ -278,12 +306,57 @@ def _net_kwargs(spec: dict) -> dict:
     )
 
 
+class AvgDownInvertedResidual(InvertedResidual):
+    """timm's ``InvertedResidual`` that is residual although it changes stride or width (spec ``shortcut: avg_down``).
+
+    ``shortcut`` is BossNAS's downsample: ``AvgPool2d(2, ceil_mode=True, count_include_pad=False)`` for stride 2,
+    then 1x1 conv + BN for a width change (timm's ``downsample_avg``, as ``backbones/hytra.py``); the sum has no
+    activation after it and the layer's drop path applies to the residual branch, as in the official code.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # timm's InvertedResidual.forward without its skip (TorchScript allows no super() call; a test compares the
+        # two), then the shortcut
+        shortcut = self.shortcut(x)
+        if self.conv_s2d is not None:
+            x = self.bn_s2d(self.conv_s2d(x))
+        x = self.bn2(self.conv_dw(self.bn1(self.conv_pw(x))))
+        x = self.bn3(self.conv_pwl(self.se(self.aa(x))))
+        return self.drop_path(x) + shortcut
+
+
+def _avg_down(block: InvertedResidual) -> nn.Module:
+    in_chs, out_chs = block.conv_pw.in_channels, block.conv_pwl.out_channels
+    stride = block.conv_dw.stride[0] * (1 if isinstance(block.aa, nn.Identity) else 2)  # anti-aliasing strides
+    if in_chs == out_chs:  # stride 2 at the same width: the pool alone (official MixOps); identity for noskip
+        return nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False) if stride > 1 else nn.Identity()
+    shortcut = downsample_avg(in_chs, out_chs, kernel_size=1, stride=stride)
+    efficientnet_init_weights(shortcut)  # timm's EfficientNet init, as every other conv/BN of the network
+    return shortcut
+
+
+def add_avg_down_shortcuts(blocks: nn.Module) -> nn.Module:
+    """Make every non-residual timm ``InvertedResidual`` under ``blocks`` an :class:`AvgDownInvertedResidual`.
+
+    timm's ``EfficientNet`` builds its blocks inside ``__init__`` with a hard-coded ``InvertedResidual``, so the
+    layers are converted in place after building (by class assignment, as ``torch.nn.utils.parametrize`` does):
+    nothing is rebuilt, every timm weight keeps its name and a ``shortcut`` module is added. Returns ``blocks``.
+    """
+    for module in list(blocks.modules()):
+        if type(module) is InvertedResidual and not module.has_skip:
+            module.shortcut = _avg_down(module)
+            module.__class__ = AvgDownInvertedResidual
+    return blocks
+
+
 class MBConvNet(EfficientNet):
     """timm ``EfficientNet`` built from a validated ``mbconv`` spec; keeps the spec as ``self.spec``."""
 
     def __init__(self, spec: dict, **kwargs: Any) -> None:
         spec = validate_spec(spec)
         super().__init__(num_features=spec['num_features'], **_net_kwargs(spec), **kwargs)
+        if spec.get('shortcut', DEFAULT_SHORTCUT) == 'avg_down':
+            add_avg_down_shortcuts(self.blocks)
         self.spec = spec
 
 
@@ -293,6 +366,8 @@ class MBConvNetFeatures(EfficientNetFeatures):
     def __init__(self, spec: dict, **kwargs: Any) -> None:
         spec = validate_spec(spec)
         super().__init__(**_net_kwargs(spec), **kwargs)
+        if spec.get('shortcut', DEFAULT_SHORTCUT) == 'avg_down':
+            add_avg_down_shortcuts(self.blocks)
         self.spec = spec
 
 

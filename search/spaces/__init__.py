@@ -34,6 +34,8 @@ SPACES: dict[str, str | Callable[..., Any]] = {
     'dna_single_cell': 'search.spaces.mbconv:get_space',
     'dna_small': 'search.spaces.mbconv:get_space',
     'tiny': 'search.spaces.mbconv:get_space',
+    'bossnas_mbconv': 'search.spaces.mbconv:get_space',
+    'bossnas_mbconv_tiny': 'search.spaces.mbconv:get_space',
     'fairnas': 'search.spaces.fairnas:get_space',
     'fairnas_tiny': 'search.spaces.fairnas:get_space',
     'hytra': 'search.spaces.hytra:get_space',

@@ -13,6 +13,14 @@ Every layer has the width the final network has (DNA's 1x1 adapters to and from 
 the DNA method, ``search.methods.dna.DNAAdapters``). Because the first layer of a block takes the width chosen in
 the previous block, it has one set of weights per possible input width, and the search only joins candidates whose
 widths fit.
+
+BossNAS's MBConv space (``bossnas_mbconv``; arXiv 2103.12424 App. A.2, official ``mbconv_supernet.py`` and
+``mbconv_ops.py``) is ``dna_small`` (18 layers x 4 ops in the official order MB6 3x3, MB6 5x5, MB3 3x3, MB3 5x5, SE
+0.25, SiLU) with ``shortcut='avg_down'``: every searched layer is residual, with an avg-pool + 1x1 conv + BN
+shortcut where stride or width changes (the ``mbconv`` spec field ``shortcut``). As in the official ``MixOps``, the
+ops of one layer share that shortcut. The last layer (320) is fixed to MB6 3x3 (the official supernet builds four
+candidates there but never trains or rates block 5). :func:`arch_from_op_string` reads the op-index strings of the
+authors' rating files. Decisions: docs/search.md, "The MBConv space of BossNAS".
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ __all__ = [
     'CellDef',
     'MBConvSpace',
     'MBConvSupernet',
+    'arch_from_op_string',
     'build_layer',
     'choice_cost',
     'fixed_cost',
@@ -124,9 +133,13 @@ class MBConvSpace(ChoiceSpace):
     ds_width: int = 16
     num_features: int = 1280
     img_size: int = 224
+    #: The ``mbconv`` spec field: ``'avg_down'`` makes every searched layer residual (BossNAS), see the docstring.
+    shortcut: str = mbconv_family.DEFAULT_SHORTCUT
     notes: str = field(default='', compare=False)
 
     def __post_init__(self) -> None:
+        if self.shortcut not in mbconv_family.SHORTCUTS:
+            raise ValueError(f'space {self.name!r}: shortcut {self.shortcut!r} is not one of {mbconv_family.SHORTCUTS}')
         for k, block in enumerate(self.blocks):
             if block.stride not in (1, 2):
                 raise ValueError(f'space {self.name!r} block {k}: stride {block.stride} is not 1 or 2')
@@ -263,6 +276,8 @@ class MBConvSpace(ChoiceSpace):
             'num_features': self.num_features,
             'stages': stages,
         }
+        if self.shortcut != mbconv_family.DEFAULT_SHORTCUT:
+            spec['shortcut'] = self.shortcut
         return mbconv_family.validate_spec(spec)
 
     def from_spec(self, spec: dict) -> Arch:
@@ -271,6 +286,9 @@ class MBConvSpace(ChoiceSpace):
         for key in ('stem_size', 'num_features'):
             if spec[key] != getattr(self, key):
                 raise ValueError(f'spec {key} {spec[key]} is not the space {self.name!r} value {getattr(self, key)}')
+        shortcut = spec.get('shortcut', mbconv_family.DEFAULT_SHORTCUT)
+        if shortcut != self.shortcut:
+            raise ValueError(f'spec shortcut {shortcut!r} is not the space {self.name!r} value {self.shortcut!r}')
         stages = spec['stages']
         if len(stages) != len(self.blocks) + 1:
             raise ValueError(f'spec has {len(stages)} stages, space {self.name!r} has {len(self.blocks) + 1}')
@@ -332,7 +350,7 @@ class MBConvSpace(ChoiceSpace):
                                 min(
                                     block.ops,
                                     key=lambda op, chs=chs, res=res, s=stride: (
-                                        sign * layer_cost(layer_arch(op, cell.width, s), chs, res)[0]
+                                        sign * layer_cost(layer_arch(op, cell.width, s), chs, res, self.shortcut)[0]
                                     ),
                                 )
                             )
@@ -395,6 +413,29 @@ SPACES: dict[str, MBConvSpace] = {
     'dna_single_cell': MBConvSpace('dna_single_cell', _single_cell(OPS, (2, 4, 4, 4, 4)), notes='official default'),
     # The 4-op space of the paper's ranking experiments (the DNA ImageNet NAS Bench in github.com/changlin31/BossNAS).
     'dna_small': MBConvSpace('dna_small', _single_cell(SMALL_OPS, (2, 4, 4, 4, 4)), notes='4-op NAS-bench space'),
+    # BossNAS's MBConv space (specs/bossnas.md 1.2): the 4-op space with every layer residual (avg-down shortcuts).
+    'bossnas_mbconv': MBConvSpace(
+        'bossnas_mbconv',
+        _single_cell(SMALL_OPS, (2, 4, 4, 4, 4)),
+        shortcut='avg_down',
+        notes='BossNAS MBConv space (official mbconv_supernet.py)',
+    ),
+    # Its tiny twin for tests: one shortcut of each kind (pool + conv, pool alone, conv alone) and a fixed last layer.
+    'bossnas_mbconv_tiny': MBConvSpace(
+        'bossnas_mbconv_tiny',
+        (
+            BlockDef(2, (CellDef(2, 16),), SMALL_OPS),
+            BlockDef(2, (CellDef(1, 16),), SMALL_OPS),
+            BlockDef(1, (CellDef(2, 24),), SMALL_OPS),
+            BlockDef(2, (CellDef(1, 32),), ('k3e6',)),
+        ),
+        stem_size=8,
+        ds_width=8,
+        num_features=64,
+        img_size=32,
+        shortcut='avg_down',
+        notes='tests',
+    ),
     # A tiny space for tests and the CPU demo: four blocks at strides 4..32, the stages of timm's test_efficientnet.
     'tiny': MBConvSpace(
         'tiny',
@@ -411,6 +452,31 @@ SPACES: dict[str, MBConvSpace] = {
         notes='tests and demo (teacher: timm test_efficientnet)',
     ),
 }
+
+
+def arch_from_op_string(space: MBConvSpace | str, text: str) -> Arch:
+    """The architecture of an op-index string such as BossNAS's ``'11 0110 0111 1100 0110'``.
+
+    One group of digits per searched block (a block with more than one path), each digit an index into the
+    block's ops; blocks with a single path (the fixed last layer) take it. Single-cell spaces only.
+    """
+    space = get_space(space)
+    searched = [k for k, b in enumerate(space.blocks) if sum(len(b.ops) ** c.layers for c in b.cells) > 1]
+    groups = text.split()
+    if len(groups) != len(searched):
+        raise ValueError(f'op string {text!r}: {len(groups)} groups, space {space.name!r} searches {len(searched)}')
+    choices = [BlockChoice(0, (b.ops[0],) * b.cells[0].layers) for b in space.blocks]
+    for k, group in zip(searched, groups, strict=True):
+        block = space.blocks[k]
+        if len(block.cells) != 1 or len(group) != block.cells[0].layers or not group.isdigit():
+            raise ValueError(
+                f'op string {text!r}: group {group!r} of block {k} must be {block.cells[0].layers} digits '
+                f'(one cell of {block.cells[0].layers} layers)'
+            )
+        if max(int(d) for d in group) >= len(block.ops):
+            raise ValueError(f'op string {text!r}: group {group!r} of block {k} indexes past its ops {block.ops}')
+        choices[k] = BlockChoice(0, tuple(block.ops[int(d)] for d in group))
+    return space.encode(choices)
 
 
 def get_space(name: str | MBConvSpace, img_size: int | None = None) -> MBConvSpace:
@@ -440,29 +506,56 @@ def _builder() -> EfficientNetBuilder:
     )
 
 
-def build_layer(arch: str, in_chs: int) -> nn.Module:
-    """One timm block (``InvertedResidual`` / ``DepthwiseSeparableConv``) from its arch-def string."""
-    return _builder()(in_chs, decode_arch_def([[arch]]))[0][0]
+def build_layer(arch: str, in_chs: int, shortcut: str = mbconv_family.DEFAULT_SHORTCUT) -> nn.Module:
+    """One timm block (``InvertedResidual`` / ``DepthwiseSeparableConv``) from its arch-def string; with
+    ``shortcut='avg_down'`` an ``ir`` layer that changes stride or width gets the family's avg-pool + 1x1 shortcut."""
+    layer = _builder()(in_chs, decode_arch_def([[arch]]))[0][0]
+    if shortcut == 'avg_down':
+        mbconv_family.add_avg_down_shortcuts(layer)
+    return layer
 
 
 class SuperLayer(nn.Module):
-    """All choices of one layer position: ``ops['<in_width>_<op>']`` (several input widths for a block's first)."""
+    """All choices of one layer position: ``ops['<in_width>_<op>']`` (several input widths for a block's first).
 
-    def __init__(self, in_widths: Sequence[int], width: int, stride: int, ops: Sequence[str]) -> None:
+    With ``shortcut='avg_down'`` the ops of one input width share one shortcut module, as BossNAS's ``MixOps``
+    (its ``downsample_share=False`` still hands every op the same ``self.downsample`` object).
+    """
+
+    def __init__(
+        self,
+        in_widths: Sequence[int],
+        width: int,
+        stride: int,
+        ops: Sequence[str],
+        shortcut: str = mbconv_family.DEFAULT_SHORTCUT,
+    ) -> None:
         super().__init__()
         self.ops = nn.ModuleDict(
-            {f'{w}_{op}': build_layer(layer_arch(op, width, stride), w) for w in in_widths for op in ops}
+            {f'{w}_{op}': build_layer(layer_arch(op, width, stride), w, shortcut) for w in in_widths for op in ops}
         )
+        for w in in_widths:
+            layers = [self.ops[f'{w}_{op}'] for op in ops]
+            if isinstance(layers[0], mbconv_family.AvgDownInvertedResidual):
+                for layer in layers[1:]:
+                    layer.shortcut = layers[0].shortcut
 
     def choice(self, in_width: int, op: str) -> nn.Module:
         return self.ops[f'{in_width}_{op}']
 
 
 class SuperCell(nn.Module):
-    def __init__(self, cell: CellDef, in_widths: Sequence[int], stride: int, ops: Sequence[str]) -> None:
+    def __init__(
+        self,
+        cell: CellDef,
+        in_widths: Sequence[int],
+        stride: int,
+        ops: Sequence[str],
+        shortcut: str = mbconv_family.DEFAULT_SHORTCUT,
+    ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            SuperLayer(in_widths if j == 0 else (cell.width,), cell.width, stride if j == 0 else 1, ops)
+            SuperLayer(in_widths if j == 0 else (cell.width,), cell.width, stride if j == 0 else 1, ops, shortcut)
             for j in range(cell.layers)
         )
 
@@ -488,7 +581,9 @@ class MBConvSupernet(nn.Module):
         self.blocks = nn.ModuleList()
         for k, block in enumerate(space.blocks):
             in_widths = space.in_widths(k)
-            self.blocks.append(nn.ModuleList(SuperCell(c, in_widths, block.stride, block.ops) for c in block.cells))
+            self.blocks.append(
+                nn.ModuleList(SuperCell(c, in_widths, block.stride, block.ops, space.shortcut) for c in block.cells)
+            )
         self.head: nn.ModuleDict | None = None
         if num_classes > 0:
             from timm.layers import create_classifier
@@ -565,9 +660,9 @@ class MBConvSupernet(nn.Module):
 
 # -- costs of the actual widths ---------------------------------------------------------------------------------
 @cache
-def layer_cost(arch: str, in_chs: int, in_res: int) -> tuple[int, int]:
+def layer_cost(arch: str, in_chs: int, in_res: int, shortcut: str = mbconv_family.DEFAULT_SHORTCUT) -> tuple[int, int]:
     """(MACs, params) of one layer at input resolution ``in_res``, counted on the real timm module."""
-    mod = build_layer(arch, in_chs)
+    mod = build_layer(arch, in_chs, shortcut)
     return count_macs(mod, (in_chs, in_res, in_res)), count_params(mod)
 
 
@@ -582,7 +677,7 @@ def choice_cost(space: MBConvSpace, k: int, in_width: int, choice: BlockChoice) 
     chs = in_width
     for j, op in enumerate(choice.ops):
         stride = block.stride if j == 0 else 1
-        m, p = layer_cost(layer_arch(op, width, stride), chs, res)
+        m, p = layer_cost(layer_arch(op, width, stride), chs, res, space.shortcut)
         macs, params = macs + m, params + p
         res, chs = -(-res // stride), width
     return macs, params

@@ -51,9 +51,10 @@ class LatencyTable:
         return timer.blocked_autorange(min_run_time=self.min_run_time).median
 
     def layer(self, arch: str, in_chs: int, res: int) -> float:
-        key = f'{arch}|{in_chs}|{res}'
+        shortcut = self.space.shortcut
+        key = f'{arch}|{in_chs}|{res}' + ('' if shortcut == mbconv_family.DEFAULT_SHORTCUT else f'|{shortcut}')
         if key not in self.table:
-            self.table[key] = self._time(build_layer(arch, in_chs), (in_chs, res, res))
+            self.table[key] = self._time(build_layer(arch, in_chs, shortcut), (in_chs, res, res))
             self._save()
         return self.table[key]
 
