@@ -298,7 +298,8 @@ def test_tiny_mbconv_run_writes_an_mbconv_spec_that_builds(tiny_data: Path, tmp_
     doc = json.loads((tmp_path / 'mb' / 'arch' / 'top1.json').read_text())
     net = timm.create_model('mbconv', spec=doc['spec'], num_classes=10).eval()
     assert net(torch.randn(1, 3, 32, 32)).shape == (1, 10)
-    space = get_space('tiny', img_size=32)
+    assert doc['spec']['shortcut'] == 'avg_down'  # BossNAS's MBConv layers: every layer residual
+    space = get_space('bossnas_mbconv_tiny', img_size=32)
     best = json.loads((tmp_path / 'mb' / 'bossnas.json').read_text())['best_paths']
     assert len(best) == len(space.blocks)
     rows = json.loads((tmp_path / 'mb' / 'block1' / 'ratings' / 'block.json').read_text())['candidates']
