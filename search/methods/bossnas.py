@@ -14,12 +14,14 @@ as in the official code; ``epochs`` is per block. Block ``k`` starts from the we
 **Training** (:class:`BossRunner`, one block): online and target supernets (the target a deepcopy without
 gradients, EMA of the online weights: ``m = 1 - (1 - ema_base)(cos(pi s / S) + 1) / 2``, 0.99 -> 1 over the
 block's ``S`` steps; buffers are the target's own). Per block a projector (per output width a ``channel_fix``
-1x1 conv + BN to ``proj_in`` channels, as the official NATS and HyTra code, then global pool -> Linear ->
+1x1 conv + BN to ``proj_in`` channels, as the official NATS code; HyTra's adapter adds the official per-scale
+depthwise downsampler to 1/32, ``HyTraAdapter.channel_fix``; then global pool -> Linear ->
 BN1d -> ReLU -> Linear) and a predictor (Linear -> BN1d -> ReLU -> Linear); official sizes 2048 -> 4096 -> 256
 and 256 -> 4096 -> 256, configurable so tiny configs stay tiny. Every step samples ``paths`` paths of the block
 (``sampling: fair``, FairNAS-style, every option once per decision: official for MBConv and NATS; ``uniform``:
-distinct paths, official for HyTra), path ``i`` gets view pair ``i mod view_pairs`` (official: one pair per path,
-but NATS shares one pair among its 8 paths: ``view_pairs: 1``). Target = per view, the mean over paths of the L2-
+distinct paths, official for HyTra; unset: the space's official one; HyTra refuses ``fair``), path ``i`` gets
+view pair ``i mod view_pairs`` (official: one pair per path, but NATS shares one pair among its 8 paths:
+``view_pairs: 1``). Target = per view, the mean over paths of the L2-
 normalised target projections (Eq. 3); loss = sum over paths of ``(2 - 2 cos)(pred(online(v1_p)), T_v2) + (2 - 2
 cos)(pred(online(v2_p)), T_v1)`` (Eq. 4; the official head drops the constant 2). Earlier blocks run along their
 best paths with the online weights and gradients, so they keep training (``train_previous: true``, the official
@@ -46,7 +48,9 @@ net + predictor, as the official code; lower is better). Every path of the block
 MBConv ranking; the official +4 per block is a constant). NATS with an additive metric (flops, macs, params):
 and the DNA-style MBConv spaces (DNA's costs): the exact budgeted k-best search of ``search.strategies.budgeted``
 (as DNA's); otherwise the whole space in score
-order, the first ``top_k`` within the budget. Specs are written to ``OUTPUT/arch/top<i>.json`` by the engine.
+order, the first ``top_k`` within the budget. HyTra (greedy, :class:`ChainSearcher`): blocks are rated only on
+the chain of earlier best paths, so the found architecture is that chain (``bossnas.json``); ``top<i>`` swaps in
+the last block's ``i``-th best path. Specs are written to ``OUTPUT/arch/top<i>.json`` by the engine.
 """
 
 from __future__ import annotations
