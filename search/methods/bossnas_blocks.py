@@ -4,9 +4,9 @@ BossNAS (arXiv 2103.12424, section 3) trains and rates a supernet block by block
 and rated on top of the best paths found for blocks ``0 .. k-1``. An adapter tells the method, for one space:
 
 * ``num_blocks``; ``block_paths(k, best)``, every candidate path of block ``k`` (exhaustive rating), given the best
-  paths of the earlier blocks (``best``: a list of paths). The greedy dependence lives here: a HyTra adapter would
-  return the paths whose first op starts at a scale the previous best path reaches (specs section 2.3: the next
-  block's scales are limited by the last op of that path); NATS and NB201 ignore ``best``.
+  paths of the earlier blocks (``best``: a list of paths). The greedy dependence lives here: the HyTra adapter
+  returns the paths whose first op starts at a scale the previous best path reaches (specs section 2.3: the next
+  block's scales are limited by the last op of that path); NATS, NB201 and MBConv ignore ``best``.
 * ``run_block(supernet, x, k, path)``: block ``k`` of ``path`` on its input ``x`` (block 0 holds the stem).
 * ``out_widths(k)``: every channel count block ``k`` can output (one projector ``channel_fix`` per width).
 * ``split(arch)``: the per-block paths of a whole architecture, and ``block_key(path)``: a path's name, so that
