@@ -14,12 +14,14 @@ as in the official code; ``epochs`` is per block. Block ``k`` starts from the we
 **Training** (:class:`BossRunner`, one block): online and target supernets (the target a deepcopy without
 gradients, EMA of the online weights: ``m = 1 - (1 - ema_base)(cos(pi s / S) + 1) / 2``, 0.99 -> 1 over the
 block's ``S`` steps; buffers are the target's own). Per block a projector (per output width a ``channel_fix``
-1x1 conv + BN to ``proj_in`` channels, as the official NATS and HyTra code, then global pool -> Linear ->
+1x1 conv + BN to ``proj_in`` channels, as the official NATS code; HyTra's adapter adds the official per-scale
+depthwise downsampler to 1/32, ``HyTraAdapter.channel_fix``; then global pool -> Linear ->
 BN1d -> ReLU -> Linear) and a predictor (Linear -> BN1d -> ReLU -> Linear); official sizes 2048 -> 4096 -> 256
 and 256 -> 4096 -> 256, configurable so tiny configs stay tiny. Every step samples ``paths`` paths of the block
 (``sampling: fair``, FairNAS-style, every option once per decision: official for MBConv and NATS; ``uniform``:
-distinct paths, official for HyTra), path ``i`` gets view pair ``i mod view_pairs`` (official: one pair per path,
-but NATS shares one pair among its 8 paths: ``view_pairs: 1``). Target = per view, the mean over paths of the L2-
+distinct paths, official for HyTra; unset: the space's official one; HyTra refuses ``fair``), path ``i`` gets
+view pair ``i mod view_pairs`` (official: one pair per path, but NATS shares one pair among its 8 paths:
+``view_pairs: 1``). Target = per view, the mean over paths of the L2-
 normalised target projections (Eq. 3); loss = sum over paths of ``(2 - 2 cos)(pred(online(v1_p)), T_v2) + (2 - 2
 cos)(pred(online(v2_p)), T_v1)`` (Eq. 4; the official head drops the constant 2). Earlier blocks run along their
 best paths with the online weights and gradients, so they keep training (``train_previous: true``, the official
@@ -46,7 +48,9 @@ net + predictor, as the official code; lower is better). Every path of the block
 MBConv ranking; the official +4 per block is a constant). NATS with an additive metric (flops, macs, params):
 and the DNA-style MBConv spaces (DNA's costs): the exact budgeted k-best search of ``search.strategies.budgeted``
 (as DNA's); otherwise the whole space in score
-order, the first ``top_k`` within the budget. Specs are written to ``OUTPUT/arch/top<i>.json`` by the engine.
+order, the first ``top_k`` within the budget. HyTra (greedy, :class:`ChainSearcher`): blocks are rated only on
+the chain of earlier best paths, so the found architecture is that chain (``bossnas.json``); ``top<i>`` swaps in
+the last block's ``i``-th best path. Specs are written to ``OUTPUT/arch/top<i>.json`` by the engine.
 """
 
 from __future__ import annotations
@@ -74,7 +78,7 @@ from ..config import ConfigError, SearchConfig
 from ..protocols import Found, StepContext
 from ..spaces import get_space
 from ..strategies.traversal import recalibrate_bn
-from .bossnas_blocks import BlockAdapter, fair_paths, make_adapter, uniform_paths
+from .bossnas_blocks import BlockAdapter, HyTraAdapter, fair_paths, make_adapter, uniform_paths
 
 __all__ = [
     'BlockRater',
@@ -82,6 +86,7 @@ __all__ = [
     'BossNASBlock',
     'BossNASConfig',
     'BossRunner',
+    'ChainSearcher',
     'MultiViewTransform',
     'Projector',
     'byol_loss',
@@ -104,7 +109,7 @@ class BossNASConfig(SearchConfig):
     batch_size: int = 4096
     paths: int = 8  # paths per step
     view_pairs: int | None = None  # None: one pair per path
-    sampling: str = 'fair'
+    sampling: str | None = None  # None: the space's official one (fair; uniform for HyTra)
     train_previous: bool = True  # earlier blocks keep training through their best paths (official code)
     proj_in: int = 2048
     proj_hidden: int = 4096
@@ -137,7 +142,7 @@ class BossNASConfig(SearchConfig):
             raise ConfigError(
                 f'view_pairs must be in [1, paths={self.paths}] (or null: one per path), got {self.view_pairs}'
             )
-        if self.sampling not in SAMPLINGS:
+        if self.sampling is not None and self.sampling not in SAMPLINGS:
             raise ConfigError(f'sampling {self.sampling!r}: expected one of {", ".join(SAMPLINGS)}')
         if not 0.0 <= self.ema_base < 1.0:
             raise ConfigError(f'ema_base must be in [0, 1), got {self.ema_base}')
@@ -151,10 +156,18 @@ class BossNASConfig(SearchConfig):
             raise ConfigError(f'view_aug: expected a mapping of timm create_transform options, got {self.view_aug!r}')
         try:
             space = get_space(self.space, img_size=self.img_size, **self.space_options)
-            make_adapter(space)
+            adapter = make_adapter(space)
         except (KeyError, ValueError, TypeError) as err:
             reason = err.args[0] if isinstance(err, KeyError) else err
             raise ConfigError(f'space {self.space!r} with space_options {self.space_options}: {reason}') from None
+        if self.sampling is None:
+            self.sampling = getattr(adapter, 'default_sampling', 'fair')
+        allowed = getattr(adapter, 'samplings', SAMPLINGS)
+        if self.sampling not in allowed:
+            raise ConfigError(
+                f'sampling {self.sampling!r} does not apply to space {self.space!r}: '
+                f'expected one of {", ".join(allowed)}'
+            )
 
     @property
     def pairs(self) -> int:
@@ -194,15 +207,19 @@ def _mlp(in_dim: int, hidden: int, out: int) -> nn.Sequential:
     )
 
 
-class Projector(nn.Module):
-    """One block's projector: per input width a ``channel_fix`` (1x1 conv + BN to ``proj_in``), then global
-    average pool and the MLP (official ``NonLinearNeckSimCLRProject`` / ``online_channels_fix``)."""
+def _conv_bn_fix(width: int, proj_in: int) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(width, proj_in, 1, bias=False), nn.BatchNorm2d(proj_in))
 
-    def __init__(self, widths: Sequence[int], proj_in: int, hidden: int, out: int) -> None:
+
+class Projector(nn.Module):
+    """One block's projector: per input width a ``channel_fix`` (default 1x1 conv + BN to ``proj_in``; the
+    adapter's ``channel_fix`` where it has one: HyTra's per-scale depthwise downsampler), then global average pool
+    and the MLP (official ``NonLinearNeckSimCLRProject`` / ``online_channels_fix``)."""
+
+    def __init__(self, widths: Sequence[int], proj_in: int, hidden: int, out: int, channel_fix: Any = None) -> None:
         super().__init__()
-        self.fix = nn.ModuleDict(
-            {str(w): nn.Sequential(nn.Conv2d(w, proj_in, 1, bias=False), nn.BatchNorm2d(proj_in)) for w in widths}
-        )
+        fix = channel_fix or _conv_bn_fix
+        self.fix = nn.ModuleDict({str(w): fix(w, proj_in) for w in widths})
         self.mlp = _mlp(proj_in, hidden, out)
         for m in self.mlp:
             if isinstance(m, nn.Linear):  # official init_linear='kaiming'
@@ -245,7 +262,9 @@ class BossRunner(nn.Module):
     ) -> None:
         super().__init__()
         projectors = nn.ModuleList(
-            Projector(adapter.out_widths(k), cfg.proj_in, cfg.proj_hidden, cfg.proj_out)
+            Projector(
+                adapter.out_widths(k), cfg.proj_in, cfg.proj_hidden, cfg.proj_out, getattr(adapter, 'channel_fix', None)
+            )
             for k in range(adapter.num_blocks)
         )
         self.online = SiameseBranch(supernet, projectors)
@@ -612,7 +631,9 @@ class BossNAS:
     def rater(self, ctx: engine.DistContext) -> SummedRater:
         return SummedRater(self)
 
-    def searcher(self, device: torch.device | None = None) -> SummedSearcher:
+    def searcher(self, device: torch.device | None = None) -> SummedSearcher | ChainSearcher:
+        if isinstance(self.adapter, HyTraAdapter):
+            return ChainSearcher(getattr(self, 'best', None))
         return SummedSearcher()
 
     def provenance(self) -> dict:
@@ -713,3 +734,41 @@ class SummedSearcher:
             )
             for s in solutions
         ]
+
+
+class ChainSearcher:
+    """HyTra: the found architecture is the greedy chain of the per-block best paths (``bossnas.json``), not a sum
+    over independent blocks: block ``k`` was rated only on top of the best paths of blocks ``< k`` (its scales
+    limited by where they end), so other combinations have no score. ``top1`` is the chain; ``top<i>`` keeps the
+    best paths of blocks 0 .. 2 and takes the ``i``-th best path of the last block (every last-block path was rated
+    on that prefix). A budget keeps the chains within it in that order (the prefix is fixed: the greedy search does
+    not trade earlier blocks for cost); none within it raises naming the cheapest. Score: the chain's block scores
+    summed (lower is better), ``block_scores`` in the extra."""
+
+    def __init__(self, best: Sequence[tuple[int, ...]] | None = None) -> None:
+        self.best = None if best is None else [tuple(p) for p in best]
+
+    def search(self, space: Any, rated: BlockScores, metric: str, budget: float | None, top_k: int) -> list[Found]:
+        adapter = rated.adapter
+        last = len(rated.blocks) - 1
+        ranked = [sorted(b, key=lambda key, b=b: (b[key], key)) for b in rated.blocks]  # the rating's order
+        best = self.best or [adapter.path_of(r[0]) for r in ranked]
+        prefix = [tuple(p) for p in best[:last]]
+        prefix_scores = [rated.blocks[k][adapter.block_key(p)] for k, p in enumerate(prefix)]
+        found, cheapest = [], math.inf
+        for key in ranked[last]:
+            arch = space.encode([*prefix, adapter.path_of(key)])
+            cost = space.cost(arch, metric)
+            cheapest = min(cheapest, cost)
+            if budget is not None and cost > budget:
+                continue
+            scores = [*prefix_scores, rated.blocks[last][key]]
+            found.append(Found(arch, float(sum(scores)), cost, {'block_scores': scores, 'selection': 'greedy chain'}))
+            if len(found) == top_k:
+                break
+        if not found:
+            raise ValueError(
+                f'no greedy HyTra chain within {metric} budget {budget:g} (cheapest {cheapest:g}): the best paths '
+                f'{[list(p) for p in prefix]} of blocks 0..{last - 1} are fixed by the greedy search'
+            )
+        return found
