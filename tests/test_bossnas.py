@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import zoo
-from search import data, engine
+from search import engine
 from search.config import ConfigError, load_config
 from search.methods import bossnas
 from search.methods.bossnas import (
@@ -33,7 +33,7 @@ from search.methods.bossnas import (
 )
 from search.methods.bossnas_blocks import fair_paths, make_adapter
 from search.spaces import get_space
-from tests.test_search_dna import ENV
+from tests._helpers import ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / 'configs/search/bossnas_nats_tiny.yaml'
@@ -47,13 +47,6 @@ def _run(output: Path, data_dir: Path, *extra: str, env: dict | None = None, che
     if check and proc.returncode != 0:
         raise AssertionError(f'bossnas failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}')
     return proc
-
-
-@pytest.fixture(scope='module')
-def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp('bossnas_data')
-    data.write_synthetic_image_folder(root / 'train', num_classes=4, per_class=12, size=40)
-    return root
 
 
 @pytest.fixture(scope='module')
@@ -319,7 +312,7 @@ def test_full_size_nats_config_has_the_official_values_and_builds_on_meta() -> N
 
 def test_two_gloo_processes_equal_one_process_with_two_accumulation_steps(tiny_data: Path, tmp_path: Path) -> None:
     """torchrun, 2 CPU processes x 4 images == 1 process x (2 accumulation steps x 4 images), batch 8 both."""
-    from tests.test_search_dna import _free_port
+    from tests._helpers import free_port as _free_port
 
     ddp = tmp_path / 'ddp'
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc-per-node', '2', '--master-port', str(_free_port())]

@@ -20,7 +20,7 @@ from search.methods.bossnas import BlockScores, BossNASBlock, BossNASConfig, Bos
 from search.methods.bossnas_blocks import HyTraAdapter, make_adapter
 from search.spaces import get_space
 from search.spaces.hytra import STEM, stage_of
-from tests.test_search_dna import ENV
+from tests._helpers import ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / 'configs/search/bossnas_hytra_tiny.yaml'

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import os
+import runpy
 import subprocess
 import sys
+from contextlib import redirect_stderr
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 
@@ -20,6 +24,22 @@ def _run(tool: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(ROOT / 'tools' / tool), *args], capture_output=True, text=True, env=env, timeout=120
     )
+
+
+def _run_in_process(tool: str, *args: str) -> tuple[int, str]:
+    """The tool run as ``__main__`` in this interpreter (its imports are loaded already): (exit code, stderr).
+
+    Same script, argv and exit path as a subprocess; an uncaught exception propagates and fails the test, as a
+    traceback would. One tool still runs in a real subprocess (test_tools_prog_is_their_own_name).
+    """
+    err = io.StringIO()
+    with patch.object(sys, 'argv', [str(ROOT / 'tools' / tool), *args]), redirect_stderr(err):
+        try:
+            runpy.run_path(str(ROOT / 'tools' / tool), run_name='__main__')
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+    return code, err.getvalue()
 
 
 def _assert_user_error(err: str) -> None:
@@ -82,10 +102,11 @@ def test_zoo_info_and_benchmark_options_have_help(capsys: pytest.CaptureFixture)
         ('make_tiny_datasets.py', ['out', '--imagenet', '--num-classes', '-3']),
     ],
 )
-def test_tools_user_errors(tool: str, args: list[str], tmp_path: Path) -> None:
-    proc = _run(tool, *args)
-    assert proc.returncode == 2, proc.stderr
-    _assert_user_error(proc.stderr)
+def test_tools_user_errors(tool: str, args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, err = _run_in_process(tool, *args)
+    assert code == 2, err
+    _assert_user_error(err)
 
 
 def test_tools_prog_is_their_own_name() -> None:
@@ -94,7 +115,9 @@ def test_tools_prog_is_their_own_name() -> None:
 
 
 def test_make_tiny_imagenet_folder(tmp_path: Path) -> None:
-    proc = _run('make_tiny_datasets.py', str(tmp_path), '--imagenet', '--num-classes', '2', '--num-train', '3')
-    assert proc.returncode == 0, proc.stderr
+    code, err = _run_in_process(
+        'make_tiny_datasets.py', str(tmp_path), '--imagenet', '--num-classes', '2', '--num-train', '3'
+    )
+    assert code == 0, err
     classes = sorted((tmp_path / 'imagenet' / 'train').iterdir())
     assert len(classes) == 2 and all(len(list(c.iterdir())) == 3 for c in classes)

@@ -21,7 +21,7 @@ from search.methods.dna_cell import DNACell, DNACellConfig, _Block, teacher_spec
 from search.methods.teacher import teacher_boundaries
 from search.spaces import get_space
 from search.strategies.traversal import recalibrate_bn
-from tests.test_groundtruth import TINY, _one_thread, tiny_truth  # noqa: F401  (fixtures)
+from tests.test_groundtruth import TINY, tiny_truth  # noqa: F401  (a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / 'configs' / 'search' / 'dna_groundtruth_tiny.yaml'

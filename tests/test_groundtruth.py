@@ -22,15 +22,6 @@ TINY = gt.Recipe(subspace='only_conv', channels=4, cells_per_stage=1, img_size=8
 TINY_SPLIT = {'holdout_per_class': 10, 'test_per_class': 150, 'seed': 0}
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread() -> object:
-    """Tiny convolutions on a shared 2-core machine run far faster on one thread than on two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope='module')
 def tiny_truth(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """3 only-Conv architectures x 2 seeds x 1 epoch, summarised."""

@@ -7,8 +7,6 @@ from __future__ import annotations
 import io
 import json
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,14 +16,15 @@ import torch.nn.functional as F
 
 import search
 import zoo
-from search import data, engine
+from search import engine
+from search.cli import main as search_cli
 from search.config import ConfigError, load_config
 from search.interchoice import ChoiceSite, InterChoice, bias_parameter_count, start_epoch
 from search.methods.spos import SPOS, SPOSConfig
 from search.spaces.base import ChoiceSpace
-from tests.test_search_dna import ENV, _free_port
+from tests._helpers import ENV, ROOT, assert_same_params, assert_same_weights, torchrun, weights
+from tests._helpers import run_spos as _spos
 
-ROOT = Path(__file__).resolve().parents[1]
 BIAS_TINY = ROOT / 'configs/search/interchoice_bias_tiny.yaml'
 SPLIT_TINY = ROOT / 'configs/search/interchoice_split_tiny.yaml'  # both on nb201_tiny
 FAIRNAS_BIAS_TINY = ROOT / 'configs/search/interchoice_bias_fairnas_tiny.yaml'
@@ -284,32 +283,11 @@ def test_a_space_without_support_is_refused_and_build_supernet_checks_too() -> N
 
 
 # -- command line ---------------------------------------------------------------------------------------------------
-def _spos(config: Path, output: Path, data_dir: Path, *extra: str, env: dict | None = None, check: bool = True):
-    cmd = [sys.executable, '-m', 'search', 'spos', '--config', str(config), '--data-dir', str(data_dir)]
-    proc = subprocess.run(
-        [*cmd, '--output', str(output), *extra], cwd=ROOT, env=env or ENV, capture_output=True, text=True, timeout=600
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f'spos failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}')
-    return proc
-
-
-@pytest.fixture(scope='module')
-def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp('interchoice_data')
-    data.write_synthetic_image_folder(root / 'train', num_classes=4, per_class=12, size=40)
-    return root
-
-
 @pytest.fixture(scope='module')
 def split_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp('interchoice_split') / 'run'
     _spos(SPLIT_TINY, out, tiny_data)
     return out
-
-
-def _weights(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, weights_only=True)['model']
 
 
 def _found_model(run: Path, options: dict) -> tuple[nn.Module, nn.Module, tuple[int, ...]]:
@@ -318,7 +296,7 @@ def _found_model(run: Path, options: dict) -> tuple[nn.Module, nn.Module, tuple[
     assert provenance['config']['interchoice'] == options
     assert provenance['space'] == 'nb201_tiny' and spec['family'] == 'nb201'
     supernet = search.build_supernet('nb201_tiny', num_classes=4, interchoice=options)
-    supernet.load_state_dict(_weights(run / 'checkpoints' / 'last.pt'))
+    supernet.load_state_dict(weights(run / 'checkpoints' / 'last.pt'))
     model = zoo.create_model(str(run / 'arch' / 'top1.json'), num_classes=4).eval()
     arch = tuple(provenance['arch'])
     assert search.get_space('nb201_tiny').from_spec(spec) == arch
@@ -366,36 +344,31 @@ def test_split_run_killed_after_the_split_resumes_to_the_same_weights(
     out = tmp_path / 'killed'
     proc = _spos(SPLIT_TINY, out, tiny_data, env={**ENV, engine.FAULT_ENV: '6'}, check=False)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    assert bool(_weights(out / 'checkpoints' / 'last.pt')['interchoice.split_done'])
+    assert bool(weights(out / 'checkpoints' / 'last.pt')['interchoice.split_done'])
     _spos(SPLIT_TINY, out, tiny_data, '--resume')
-    want, got = _weights(split_run / 'checkpoints' / 'last.pt'), _weights(out / 'checkpoints' / 'last.pt')
-    assert want.keys() == got.keys()
-    for key in want:
-        torch.testing.assert_close(got[key], want[key], rtol=0, atol=0, msg=key)
+    assert_same_weights(weights(out / 'checkpoints' / 'last.pt'), weights(split_run / 'checkpoints' / 'last.pt'))
 
 
 def test_split_under_two_gloo_processes_equals_one_process_with_two_accumulation_steps(
     tiny_data: Path, tmp_path: Path
 ) -> None:
     """The copies exist before DDP wraps the model and split at the same step on every rank."""
-    ddp = tmp_path / 'ddp'
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc-per-node', '2', '--master-port', str(_free_port())]
-    cmd += ['-m', 'search', 'spos', '--config', str(SPLIT_TINY), '--data-dir', str(tiny_data), '--output', str(ddp)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    single = tmp_path / 'single'
+    ddp, single = tmp_path / 'ddp', tmp_path / 'single'
+    torchrun('spos', SPLIT_TINY, ddp, tiny_data)
     _spos(SPLIT_TINY, single, tiny_data, '--grad-accum', '2')
-    a, b = _weights(ddp / 'checkpoints' / 'last.pt'), _weights(single / 'checkpoints' / 'last.pt')
-    params = [k for k in a if not k.endswith(('running_mean', 'running_var', 'num_batches_tracked'))]
+    params = assert_same_params(weights(ddp / 'checkpoints' / 'last.pt'), weights(single / 'checkpoints' / 'last.pt'))
     assert any(k.startswith('interchoice.copies.') for k in params)
-    for key in params:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
 
 
-def test_a_bad_interchoice_option_fails_in_one_line_on_the_command_line(tiny_data: Path, tmp_path: Path) -> None:
-    proc = _spos(BIAS_TINY, tmp_path / 'bad', tiny_data, '--set', 'interchoice={variant: bias, depth: 5}', check=False)
-    assert proc.returncode == 2 and 'interchoice.depth: 5 is not one of (1, 2, 3)' in proc.stderr, proc.stderr
-    assert 'Traceback' not in proc.stderr
+def test_a_bad_interchoice_option_fails_in_one_line_on_the_command_line(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """In process: the command line checks its config before it builds anything (no run needed)."""
+    argv = ['spos', '--config', str(BIAS_TINY), '--data-dir', str(tiny_data), '--output', str(tmp_path / 'bad')]
+    assert search_cli([*argv, '--set', 'interchoice={variant: bias, depth: 5}']) == 2
+    err = capsys.readouterr().err
+    assert 'interchoice.depth: 5 is not one of (1, 2, 3)' in err and len(err.strip().splitlines()) == 1, err
+    assert 'Traceback' not in err
 
 
 def test_overhead_benchmark_measures_every_variant_against_spos() -> None:

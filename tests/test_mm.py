@@ -6,7 +6,6 @@ Skipped as a whole without OpenMMLab (``bash tools/install_mm.sh .venv`` install
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,16 +24,6 @@ from safetensors.torch import save_file
 
 import zoo
 from backbones import mm
-
-
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: on a busy 2-core machine two OpenMP threads made a dna_c step ~200x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / 'configs').glob('mm*/*.py'))

@@ -33,15 +33,6 @@ BASE = dict(nasvit_a0='A1', nasvit_a1='A1', nasvit_a2='A2', nasvit_a3='A3', nasv
 STEPS = dict(nasvit_a0=0, nasvit_a1=1, nasvit_a2=2, nasvit_a3=2, nasvit_a4=2, nasvit_a5=1)
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _one_thread():
-    """Tiny inputs run fastest single-threaded; OpenMP barriers on a busy 2-core machine cost seconds per call."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _table13_spec(column: str, e4: int = 4, e5: int = 4) -> dict:
     t = TABLE13[column]
     return nv._spec(

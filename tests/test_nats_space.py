@@ -208,13 +208,11 @@ def test_costs_equal_the_zoo_models_and_the_formula() -> None:
     assert tiny.cost((0,) * 5, 'latency') > 0
 
 
-def test_spos_tiny_search_emits_nats_size_specs_that_are_the_trained_paths(tmp_path) -> None:
+def test_spos_tiny_search_emits_nats_size_specs_that_are_the_trained_paths(tmp_path, tiny_data) -> None:
     """The space in the engine: SPOS trains the slimmable supernet, rates paths and writes ``nats_size`` specs; the
     found spec with the trained path weights (BN statistics included) is the supernet's path (``_check_found``)."""
-    from search import data
-    from tests.test_spos import ROOT, _check_found, _spos
+    from tests._helpers import ROOT, check_spos_found, run_spos
 
-    data.write_synthetic_image_folder(tmp_path / 'data' / 'train', num_classes=4, per_class=12, size=40)
-    _spos(ROOT / 'configs/search/spos_nats_size_tiny.yaml', tmp_path / 'run', tmp_path / 'data')
-    _check_found(tmp_path / 'run', 'nats_size_tiny')
+    run_spos(ROOT / 'configs/search/spos_nats_size_tiny.yaml', tmp_path / 'run', tiny_data)
+    check_spos_found(tmp_path / 'run', 'nats_size_tiny')
     assert zoo.create_model(str(tmp_path / 'run' / 'arch' / 'top1.json')).spec['family'] == 'nats_size'

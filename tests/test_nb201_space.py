@@ -11,9 +11,8 @@ import torch
 import search
 import zoo
 from backbones import nb201 as nb201_family
-from search import data
 from search.spaces.nb201 import EdgeChoice, NB201Supernet
-from tests.test_spos import ROOT, _check_found, _spos
+from tests._helpers import ROOT, check_spos_found, run_spos
 
 NB201_TINY = ROOT / 'configs/search/spos_nb201_tiny.yaml'
 
@@ -118,15 +117,8 @@ def test_bad_architectures_options_and_foreign_specs_fail_clearly() -> None:
         search.get_space('nb201', width=2)
 
 
-@pytest.fixture(scope='module')
-def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp('nb201_data')
-    data.write_synthetic_image_folder(root / 'train', num_classes=4, per_class=12, size=40)
-    return root
-
-
 def test_spos_tiny_search_on_nb201_emits_specs_that_build(tiny_data: Path, tmp_path: Path) -> None:
-    _spos(NB201_TINY, tmp_path / 'run', tiny_data)
-    _check_found(tmp_path / 'run', 'nb201_tiny')
+    run_spos(NB201_TINY, tmp_path / 'run', tiny_data)
+    check_spos_found(tmp_path / 'run', 'nb201_tiny')
     model = zoo.create_model(str(tmp_path / 'run' / 'arch' / 'top1.json'))
     assert model.spec['family'] == 'nb201' and model.spec['channels'] == 4

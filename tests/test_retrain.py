@@ -28,14 +28,6 @@ TINY_SPEC = {
 LOG_KEYS = {'epoch', 'train_loss', 'lr', 'val_top1', 'val_top5', 'ema_top1', 'img_per_s', 'time'}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope='module')
 def data(tmp_path_factory) -> dict:
     """3 classes x 6 train / 2 val PNGs of 32x32 (class = brightness band), and a tiny mbconv spec file."""

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,31 +17,17 @@ import timm
 import torch
 
 import zoo
-from search import data
+from search.cli import main as search_cli
 from search.methods.dna import _block_prefixes
 from search.strategies import Candidate, brute_force_search
+from tests._helpers import ENV, ROOT, assert_same_params, assert_same_weights, run_search, torchrun, weights
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / 'configs/search/dna_tiny.yaml'
 COMMON = ['--epochs', '1', '--set', 'ckpt_every=2']
-ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONHASHSEED': '0'}
 
 
-def _search(output: Path, data_dir: Path, *extra: str, env: dict | None = None, check: bool = True):
-    cmd = [sys.executable, '-m', 'search', 'dna', '--config', str(CONFIG), '--data-dir', str(data_dir)]
-    cmd += ['--output', str(output), *COMMON, *extra]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env or ENV, capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f'search failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}')
-    return proc
-
-
-@pytest.fixture(scope='module')
-def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp('dna_data')
-    data.write_synthetic_image_folder(root / 'train', num_classes=4, per_class=12, size=40)
-    data.write_synthetic_image_folder(root / 'val', num_classes=4, per_class=2, size=40, seed=1)
-    return root
+def _search(output: Path, data_dir: Path, *extra: str, **kwargs) -> subprocess.CompletedProcess:
+    return run_search('dna', CONFIG, output, data_dir, *COMMON, *extra, **kwargs)
 
 
 @pytest.fixture(scope='module')
@@ -51,10 +35,6 @@ def full_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp('dna_run') / 'run'
     _search(out, tiny_data)
     return out
-
-
-def _weights(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, weights_only=True)['model']
 
 
 def test_dna_search_end_to_end(full_run: Path) -> None:
@@ -106,14 +86,17 @@ def test_tiny_run_reproduces_the_recorded_fingerprint(full_run: Path) -> None:
     assert result[0]['arch'] == RECORDED_TOP3['top1_arch']
 
 
-def test_killed_run_resumes_to_the_same_result(full_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+def test_killed_run_resumes_to_the_same_result(full_run: Path, tiny_data: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / 'killed'
     proc = _search(out, tiny_data, env={**ENV, 'SUPERNET_ZOO_KILL_AFTER_STEP': '2'}, check=False)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert torch.load(out / 'checkpoints' / 'last.pt', weights_only=True)['step'] == 2
     assert not (out / 'search_result.json').exists()
-    proc = _search(out, tiny_data, check=False)  # the earlier run is never silently overwritten
-    assert proc.returncode == 2 and '--resume' in proc.stderr and 'Traceback' not in proc.stderr
+    argv = ['dna', '--config', str(CONFIG), '--data-dir', str(tiny_data), '--output', str(out), *COMMON]
+    capsys.readouterr()
+    assert search_cli(argv) == 2  # the earlier run is never silently overwritten (in process: refused up front)
+    err = capsys.readouterr().err
+    assert '--resume' in err and 'Traceback' not in err
     with open(out / 'train_log.jsonl', 'a') as f:  # lines a killed run wrote after its last checkpoint
         f.write(json.dumps({'step': 3, 'loss': -1.0}) + '\n{"step": 4, "lo')
     (out / 'checkpoints' / '.last.pt.tmp-999').write_bytes(b'torn')
@@ -121,36 +104,19 @@ def test_killed_run_resumes_to_the_same_result(full_run: Path, tiny_data: Path, 
     log = [json.loads(x) for x in (out / 'train_log.jsonl').read_text().splitlines()]
     assert [x['step'] for x in log] == [1, 2, 3, 4] and all(x['loss'] > 0 for x in log)
     assert sorted(p.name for p in (out / 'checkpoints').iterdir()) == ['last.pt']
-    want, got = _weights(full_run / 'checkpoints' / 'last.pt'), _weights(out / 'checkpoints' / 'last.pt')
-    assert want.keys() == got.keys()
-    for key in want:
-        torch.testing.assert_close(got[key], want[key], rtol=0, atol=0, msg=key)
+    assert_same_weights(weights(out / 'checkpoints' / 'last.pt'), weights(full_run / 'checkpoints' / 'last.pt'))
     a = json.loads((full_run / 'search_result.json').read_text())['results']
     b = json.loads((out / 'search_result.json').read_text())['results']
     assert [r['spec'] for r in a] == [r['spec'] for r in b]
     assert [r['score'] for r in a] == pytest.approx([r['score'] for r in b], rel=1e-6)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(tiny_data: Path, tmp_path: Path) -> None:
     """torchrun, 2 CPU processes x 4 images == 1 process x (2 accumulation steps x 4 images), batch 8 both."""
-    ddp = tmp_path / 'ddp'
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc-per-node', '2', '--master-port', str(_free_port())]
-    cmd += ['-m', 'search', 'dna', '--config', str(CONFIG), '--data-dir', str(tiny_data), '--output', str(ddp)]
-    proc = subprocess.run([*cmd, *COMMON], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    single = tmp_path / 'single'
+    ddp, single = tmp_path / 'ddp', tmp_path / 'single'
+    torchrun('dna', CONFIG, ddp, tiny_data, *COMMON)
     _search(single, tiny_data, '--grad-accum', '2')
-    a, b = _weights(ddp / 'checkpoints' / 'last.pt'), _weights(single / 'checkpoints' / 'last.pt')
-    # parameters match; BN running statistics differ by design (DDP keeps rank 0's), and rating re-estimates them
-    params = [k for k in a if not k.endswith(('running_mean', 'running_var', 'num_batches_tracked'))]
-    for key in params:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+    assert_same_params(weights(ddp / 'checkpoints' / 'last.pt'), weights(single / 'checkpoints' / 'last.pt'))
     ra = json.loads((ddp / 'search_result.json').read_text())['results']
     rb = json.loads((single / 'search_result.json').read_text())['results']
     assert ra[0]['spec'] == rb[0]['spec']
@@ -161,26 +127,26 @@ def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(tiny_da
         assert [r['score'] for r in sa] == pytest.approx([r['score'] for r in sb], rel=1e-3)
 
 
-def test_budget_and_metric_from_the_command_line(full_run: Path, tiny_data: Path, tmp_path: Path) -> None:
-    """Re-search the rated blocks under a params budget (the ratings are reused, no retraining)."""
+def test_budget_and_metric_from_the_command_line(full_run: Path, tiny_data: Path, tmp_path: Path, capsys) -> None:
+    """Re-search the rated blocks under a params budget (the ratings are reused, no retraining). In process: the
+    search stage over cached ratings builds nothing, so a subprocess would only add an interpreter start."""
     import shutil
 
     out = tmp_path / 'budget'
     shutil.copytree(full_run, out)
     unconstrained = json.loads((full_run / 'search_result.json').read_text())['results'][0]
     budget = unconstrained['cost'] - 1
-    _search(out, tiny_data, '--stage', 'search', '--metric', 'params', '--budget', str(budget))
+    argv = ['dna', '--config', str(CONFIG), '--data-dir', str(tiny_data), '--output', str(out), *COMMON]
+    argv += ['--stage', 'search', '--metric', 'params', '--budget']
+    assert search_cli([*argv, str(budget)]) == 0
     result = json.loads((out / 'search_result.json').read_text())['results']
     assert all(r['cost'] <= budget for r in result)
     net = timm.create_model('mbconv', spec=result[0]['spec'])
     assert sum(p.numel() for p in net.parameters()) == result[0]['cost']
-    proc = _search(out, tiny_data, '--stage', 'search', '--metric', 'params', '--budget', '10', check=False)
-    assert proc.returncode != 0 and 'below the cheapest architecture' in proc.stderr
-
-
-def test_unknown_config_key_is_named(tiny_data: Path, tmp_path: Path) -> None:
-    proc = _search(tmp_path / 'x', tiny_data, '--set', 'epochz=3', check=False)
-    assert proc.returncode != 0 and "unknown config key(s) ['epochz']" in proc.stderr
+    capsys.readouterr()
+    assert search_cli([*argv, '10']) == 2
+    err = capsys.readouterr().err
+    assert 'below the cheapest architecture' in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_dna_plus_two_generations(tiny_data: Path, tmp_path: Path) -> None:
@@ -228,7 +194,7 @@ def test_vicreg_loss_terms() -> None:
         vicreg_loss(torch.zeros(1, 4), torch.zeros(1, 4))
 
 
-def test_dna_pp_self_supervised_search(tiny_data: Path, tmp_path: Path) -> None:
+def test_dna_pp_self_supervised_search(tiny_data: Path, tmp_path: Path, capsys) -> None:
     """DNA++ runs its stages one at a time (``--stage`` used to be ignored: it retrained) and names itself."""
     cmd = [sys.executable, '-m', 'search', 'dna_pp', '--config', str(CONFIG), '--data-dir', str(tiny_data)]
     cmd += ['--output', str(tmp_path / 'pp'), *COMMON, '--set', 'projector_dim=32', 'batch_size=8']
@@ -248,8 +214,11 @@ def test_dna_pp_self_supervised_search(tiny_data: Path, tmp_path: Path) -> None:
     assert {r['method'] for r in result} == {'dna_pp'}
     assert json.loads((tmp_path / 'pp' / 'arch' / 'top1.json').read_text())['search']['method'] == 'dna_pp'
     assert timm.create_model('mbconv', spec=result[0]['spec']).spec == result[0]['spec']
-    proc = subprocess.run([*cmd, '--block', '0', '--overwrite'], cwd=ROOT, env=ENV, capture_output=True, text=True)
-    assert proc.returncode == 2 and 'own teacher' in proc.stderr and 'Traceback' not in proc.stderr
+    capsys.readouterr()
+    assert search_cli([*cmd[3:], '--block', '0', '--overwrite']) == 2  # in process: refused before anything runs
+    err = capsys.readouterr().err
+    assert 'own teacher' in err and 'Traceback' not in err
+    assert (tmp_path / 'pp' / 'search_result.json').is_file()  # --overwrite removed nothing
 
 
 def test_search_stage_on_cached_ratings_builds_nothing(full_run: Path, tmp_path: Path, monkeypatch) -> None:
@@ -301,7 +270,7 @@ def test_independent_block_jobs_equal_one_joint_run(full_run: Path, tiny_data: P
     _search(out, tiny_data, '--block', '0', '1', '--stage', 'train', 'rate')
     _search(out, tiny_data, '--block', '2', '3', '--stage', 'train', 'rate')
     assert sorted(p.name for p in (out / 'checkpoints').iterdir()) == ['blocks0-1.pt', 'blocks2-3.pt']
-    joint = _weights(full_run / 'checkpoints' / 'last.pt')
+    joint = weights(full_run / 'checkpoints' / 'last.pt')
     for name in ('blocks0-1.pt', 'blocks2-3.pt'):
         state = torch.load(out / 'checkpoints' / name, weights_only=True)
         blocks = json.loads(state['config'])['blocks']
@@ -310,7 +279,8 @@ def test_independent_block_jobs_equal_one_joint_run(full_run: Path, tiny_data: P
         assert trained
         for key in trained:
             torch.testing.assert_close(state['model'][key], joint[key], rtol=0, atol=0, msg=key)
-    _search(out, tiny_data, '--stage', 'search')
+    argv = ['dna', '--config', str(CONFIG), '--data-dir', str(tiny_data), '--output', str(out), *COMMON]
+    assert search_cli([*argv, '--stage', 'search']) == 0  # in process: the search stage only reads the ratings
     a = json.loads((full_run / 'search_result.json').read_text())['results']
     b = json.loads((out / 'search_result.json').read_text())['results']
     assert [r['spec'] for r in a] == [r['spec'] for r in b]

@@ -184,3 +184,24 @@ def test_latency_table_is_measured_once_and_cached(tmp_path) -> None:
     again = LatencyTable(space, torch.device('cpu'), min_run_time=0.002, cache=str(cache))
     assert again.choice_latency(0, 8, choice) == first  # read back, not re-measured
     assert len(json.loads(cache.read_text())[again.key]) == len(table.table)
+
+
+@pytest.mark.parametrize('name', ['fairnas_tiny', 'nb201_tiny'])
+def test_whole_network_latency_is_measured_once_per_architecture(name: str, monkeypatch) -> None:
+    """The single-path spaces share one measurement (search.spaces.base.measured_latency): built once, cached."""
+    import search
+    from search.spaces import base
+
+    space = search.get_space(name)
+    arch, other = (space.sample(torch.Generator().manual_seed(seed)) for seed in (0, 1))
+    builds = []
+    monkeypatch.setattr(base, '_LATENCIES', {})
+    real = base.measured_latency
+
+    def counting(space, arch, build, img_size, runs=10):
+        return real(space, arch, lambda: builds.append(arch) or build(), img_size, runs)
+
+    monkeypatch.setattr(f'search.spaces.{name.split("_")[0]}.measured_latency', counting)
+    first = space.cost(arch, 'latency')
+    assert 0 < first < 10 and space.cost(arch, 'latency') == first and builds == [arch]
+    assert other != arch and space.cost(other, 'latency') > 0 and builds == [arch, other]

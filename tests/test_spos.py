@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,31 +17,15 @@ import torch.nn.functional as F
 
 import search
 import zoo
-from search import data, engine, pipeline
+from search import engine, pipeline
+from search.cli import main as search_cli
 from search.config import ConfigError, load_config
 from search.methods.spos import SPOS, RandomSearch, SPOSConfig
-from tests.test_search_dna import ENV, _free_port
+from tests._helpers import ENV, ROOT, assert_same_params, assert_same_weights, check_spos_found, torchrun, weights
+from tests._helpers import run_spos as _spos
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / 'configs/search/spos_tiny.yaml'
 FAIRNAS_TINY = ROOT / 'configs/search/spos_fairnas_tiny.yaml'
-
-
-def _spos(config: Path, output: Path, data_dir: Path, *extra: str, env: dict | None = None, check: bool = True):
-    cmd = [sys.executable, '-m', 'search', 'spos', '--config', str(config), '--data-dir', str(data_dir)]
-    proc = subprocess.run(
-        [*cmd, '--output', str(output), *extra], cwd=ROOT, env=env or ENV, capture_output=True, text=True, timeout=600
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f'spos failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}')
-    return proc
-
-
-@pytest.fixture(scope='module')
-def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp('spos_data')
-    data.write_synthetic_image_folder(root / 'train', num_classes=4, per_class=12, size=40)
-    return root
 
 
 @pytest.fixture(scope='module')
@@ -53,39 +35,11 @@ def tiny_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _weights(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, weights_only=True)['model']
-
-
-def _check_found(run: Path, space_name: str, num_classes: int = 4) -> None:
-    """top1.json builds with the zoo; with the trained supernet's path weights it *is* the supernet's path."""
-    result = json.loads((run / 'search_result.json').read_text())['results']
-    assert [r['rank'] for r in result] == [1, 2, 3]
-    assert [r['score'] for r in result] == sorted(r['score'] for r in result)
-    spec, provenance = search.read_spec(run / 'arch' / 'top1.json')
-    assert provenance['method'] == 'spos' and provenance['space'] == space_name and provenance['seed'] == 42
-    rated = {
-        json.loads(x)['key']: json.loads(x)['top1'] for x in (run / 'ratings' / 'paths.jsonl').read_text().splitlines()
-    }
-    space = search.get_space(space_name)
-    arch = tuple(provenance['arch'])
-    assert space.to_spec(arch) == spec and space.from_spec(spec) == arch
-    assert result[0]['score'] == -rated[space.key(arch)] == -max(rated.values())
-    supernet = search.build_supernet(space, num_classes=num_classes)
-    supernet.load_state_dict(_weights(run / 'checkpoints' / 'last.pt'))
-    supernet.eval()
-    model = zoo.create_model(str(run / 'arch' / 'top1.json'), num_classes=num_classes).eval()
-    model.load_state_dict(supernet.path_state_dict(arch), strict=True)
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        assert torch.equal(model(x), supernet(x, arch))
-
-
 def test_spos_tiny_search_on_the_dna_family_space(tiny_run: Path) -> None:
     log = [json.loads(x) for x in (tiny_run / 'train_log.jsonl').read_text().splitlines()]
     assert [x['step'] for x in log] == list(range(1, 9))  # 36 training images, batch 8, 2 epochs
     assert log[0]['lr'] == [0.1] and log[-1]['lr'][0] < 0.02  # linear decay per step
-    _check_found(tiny_run, 'tiny')
+    check_spos_found(tiny_run, 'tiny')
 
 
 def test_spos_tiny_search_is_the_resumable_evolution(tiny_run: Path, tiny_data: Path, tmp_path: Path) -> None:
@@ -100,20 +54,26 @@ def test_spos_tiny_search_is_the_resumable_evolution(tiny_run: Path, tiny_data: 
     assert len(rated) == provenance['evaluations']
     out = tmp_path / 'copy'
     shutil.copytree(tiny_run, out)
-    _spos(TINY, out, tiny_data, '--stage', 'search', '--resume')
+    argv = ['spos', '--config', str(TINY), '--data-dir', str(tiny_data), '--output', str(out)]
+    assert search_cli([*argv, '--stage', 'search', '--resume']) == 0  # in process: nothing is trained or rated
     assert (out / 'ratings' / 'paths.jsonl').read_text().splitlines() == rated  # nothing rated twice
     assert search.read_spec(out / 'arch' / 'top1.json')[1]['arch'] == provenance['arch']
 
 
 def test_spos_fairnas_tiny_search(tiny_data: Path, tmp_path: Path) -> None:
     _spos(FAIRNAS_TINY, tmp_path / 'fairnas', tiny_data)
-    _check_found(tmp_path / 'fairnas', 'fairnas_tiny')
+    check_spos_found(tmp_path / 'fairnas', 'fairnas_tiny')
     spec = zoo.spec_of(zoo.create_model(str(tmp_path / 'fairnas' / 'arch' / 'top1.json')))
     assert spec['act_layer'] == 'relu6' and all('_se' not in b for s in spec['stages'] for b in s)
 
 
+@pytest.mark.threads(2)
 def test_supernet_loss_goes_down_on_a_learnable_folder(tiny_data: Path, tmp_path: Path) -> None:
-    """Cross-entropy of fixed paths on fixed training images, before and after a short SPOS run."""
+    """Cross-entropy of fixed paths on fixed training images, before and after a short SPOS run.
+
+    Two threads, as when the margin was set: the 40 steps at lr 0.1 are chaotic, and one thread's float order ends
+    at 0.93x the loss before instead of 0.81x (other seeds: 0.8x-0.95x); the 0.85 margin holds for this setting only.
+    """
     aug = {'scale': [0.8, 1.0], 'color_jitter': None}
     overrides = {'data_dir': str(tiny_data), 'output': str(tmp_path), 'epochs': 10, 'train_aug': aug}
     cfg = load_config(SPOSConfig, TINY, overrides)
@@ -141,10 +101,7 @@ def test_killed_run_resumes_to_the_same_result(tiny_run: Path, tiny_data: Path, 
     assert torch.load(out / 'checkpoints' / 'last.pt', weights_only=True)['step'] == 3
     assert not (out / 'arch').exists()
     _spos(TINY, out, tiny_data, '--resume')
-    want, got = _weights(tiny_run / 'checkpoints' / 'last.pt'), _weights(out / 'checkpoints' / 'last.pt')
-    assert want.keys() == got.keys()
-    for key in want:
-        torch.testing.assert_close(got[key], want[key], rtol=0, atol=0, msg=key)
+    assert_same_weights(weights(out / 'checkpoints' / 'last.pt'), weights(tiny_run / 'checkpoints' / 'last.pt'))
     a = json.loads((tiny_run / 'search_result.json').read_text())['results']
     b = json.loads((out / 'search_result.json').read_text())['results']
     assert [r['spec'] for r in a] == [r['spec'] for r in b]
@@ -153,18 +110,10 @@ def test_killed_run_resumes_to_the_same_result(tiny_run: Path, tiny_data: Path, 
 
 def test_two_gloo_processes_equal_one_process_with_two_accumulation_steps(tiny_data: Path, tmp_path: Path) -> None:
     """torchrun, 2 CPU processes x 4 images == 1 process x (2 accumulation steps x 4 images), batch 8 both."""
-    ddp = tmp_path / 'ddp'
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc-per-node', '2', '--master-port', str(_free_port())]
-    cmd += ['-m', 'search', 'spos', '--config', str(TINY), '--data-dir', str(tiny_data), '--output', str(ddp)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    single = tmp_path / 'single'
+    ddp, single = tmp_path / 'ddp', tmp_path / 'single'
+    torchrun('spos', TINY, ddp, tiny_data)
     _spos(TINY, single, tiny_data, '--grad-accum', '2')
-    a, b = _weights(ddp / 'checkpoints' / 'last.pt'), _weights(single / 'checkpoints' / 'last.pt')
-    # parameters match; BN running statistics differ by design (DDP keeps rank 0's), and rating re-estimates them
-    params = [k for k in a if not k.endswith(('running_mean', 'running_var', 'num_batches_tracked'))]
-    for key in params:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+    assert_same_params(weights(ddp / 'checkpoints' / 'last.pt'), weights(single / 'checkpoints' / 'last.pt'))
     ra = json.loads((ddp / 'search_result.json').read_text())['results']
     rb = json.loads((single / 'search_result.json').read_text())['results']
     assert [r['arch'] for r in ra] == [r['arch'] for r in rb]
@@ -207,9 +156,12 @@ def test_bad_config_values_are_named(setting: dict, message: str) -> None:
         load_config(SPOSConfig, TINY, setting)
 
 
-def test_bad_config_value_fails_in_one_line_on_the_command_line(tiny_data: Path, tmp_path: Path) -> None:
-    proc = _spos(TINY, tmp_path / 'bad', tiny_data, '--set', 'schedule=step', check=False)
-    assert proc.returncode == 2 and "schedule 'step'" in proc.stderr and 'Traceback' not in proc.stderr, proc.stderr
+def test_bad_config_value_fails_in_one_line_on_the_command_line(tiny_data: Path, tmp_path: Path, capsys) -> None:
+    """In process: the command line checks its config before it builds anything (no run needed)."""
+    argv = ['spos', '--config', str(TINY), '--data-dir', str(tiny_data), '--output', str(tmp_path / 'bad')]
+    assert search_cli([*argv, '--set', 'schedule=step']) == 2
+    err = capsys.readouterr().err
+    assert "schedule 'step'" in err and 'Traceback' not in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_dna_space_path_with_its_head_is_the_zoo_model() -> None:

@@ -14,14 +14,36 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 import torch
 import torch.nn as nn
 
 from ..protocols import Arch
 
-__all__ = ['ChoiceSpace', 'cpu_latency']
+__all__ = ['ChoiceSpace', 'measured_latency']
+
+_LATENCIES: dict[tuple[Hashable, Arch], float] = {}
+
+
+@torch.no_grad()
+def measured_latency(
+    space: Hashable, arch: Arch, build: Callable[[], nn.Module], img_size: int, runs: int = 10
+) -> float:
+    """Seconds per forward of ``build()`` (eval, CPU, batch 1, ``img_size`` pixels): the median of ``runs`` after one
+    warm-up pass, measured once per (space, arch) and then read from a cache, so that a search sees stable costs."""
+    key = (space, arch)
+    if key not in _LATENCIES:
+        net = build().eval()
+        x = torch.zeros(1, 3, img_size, img_size)
+        net(x)
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            net(x)
+            times.append(time.perf_counter() - start)
+        _LATENCIES[key] = statistics.median(times)
+    return _LATENCIES[key]
 
 
 class ChoiceSpace:

@@ -28,8 +28,6 @@ classes (tested).
 from __future__ import annotations
 
 import re
-import statistics
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import cache
@@ -44,7 +42,7 @@ from backbones._flops import count_params
 
 from ..interchoice import ChoiceSite, InterChoice, parse_options
 from ..protocols import COST_METRICS, Arch
-from .base import ChoiceSpace
+from .base import ChoiceSpace, measured_latency
 
 __all__ = ['FAIRNAS_OPS', 'FAIRNAS_STAGES', 'SPACES', 'SinglePathMBConvSpace', 'SinglePathSupernet', 'get_space']
 
@@ -168,7 +166,7 @@ class SinglePathMBConvSpace(ChoiceSpace):
             raise ValueError(f'cost metric {metric!r}: expected one of {COST_METRICS}')
         arch = self.check(arch)
         if metric == 'latency':
-            return _latency(self, arch)
+            return measured_latency(self, arch, lambda: mbconv_family.build(self.to_spec(arch)), self.img_size)
         table = _cost_table(self)
         index = 1 if metric == 'params' else 0
         return float(table['fixed'][index] + sum(table['layers'][i][c][index] for i, c in enumerate(arch)))
@@ -216,25 +214,6 @@ def _cost_table(space: SinglePathMBConvSpace) -> dict:
             total = sum(counts['Global'].values()) // 2, count_params(net)
             fixed = (total[0] - sum(r[0][0] for r in layers), total[1] - sum(r[0][1] for r in layers))
     return {'fixed': fixed, 'layers': layers}
-
-
-_LATENCIES: dict[tuple[SinglePathMBConvSpace, Arch], float] = {}
-
-
-@torch.no_grad()
-def _latency(space: SinglePathMBConvSpace, arch: Arch, runs: int = 10) -> float:
-    key = (space, arch)
-    if key not in _LATENCIES:
-        net = mbconv_family.build(space.to_spec(arch)).eval()
-        x = torch.zeros(1, 3, space.img_size, space.img_size)
-        net(x)
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            net(x)
-            times.append(time.perf_counter() - start)
-        _LATENCIES[key] = statistics.median(times)
-    return _LATENCIES[key]
 
 
 class SinglePathSupernet(nn.Module):

@@ -62,8 +62,6 @@ count of the built network (1000 classes).
 from __future__ import annotations
 
 import functools
-import statistics
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -76,7 +74,7 @@ from backbones import hytra as hytra_family
 from backbones._flops import count_macs, count_params
 
 from ..protocols import COST_METRICS, Arch
-from .base import ChoiceSpace
+from .base import ChoiceSpace, measured_latency
 
 __all__ = [
     'CHOICES',
@@ -491,23 +489,8 @@ def _extreme(space: HyTraSpace, sign: float) -> Arch:
     return best[1][1]
 
 
-_LATENCIES: dict[tuple[HyTraSpace, Arch], float] = {}
-
-
-@torch.no_grad()
-def _latency(space: HyTraSpace, arch: Arch, runs: int = 10) -> float:
-    key = (space, arch)
-    if key not in _LATENCIES:
-        net = hytra_family.build(space.to_spec(arch)).eval()
-        x = torch.zeros(1, 3, space.img_size, space.img_size)
-        net(x)
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            net(x)
-            times.append(time.perf_counter() - start)
-        _LATENCIES[key] = statistics.median(times)
-    return _LATENCIES[key]
+def _latency(space: HyTraSpace, arch: Arch) -> float:
+    return measured_latency(space, arch, lambda: hytra_family.build(space.to_spec(arch)), space.img_size)
 
 
 # -- supernet --------------------------------------------------------------------------------------------------------

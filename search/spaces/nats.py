@@ -44,7 +44,7 @@ from backbones import nats_size as family
 from backbones._flops import count_params
 
 from ..protocols import COST_METRICS, Arch
-from .base import ChoiceSpace, cpu_latency
+from .base import ChoiceSpace, measured_latency
 from .slimmable import SlimConv2d, SlimLinear, SwitchableBatchNorm2d, slice_to, slimmify
 
 __all__ = ['NUM_LAYERS', 'SPACES', 'SPLITS', 'WIDTHS', 'NATSSizeSpace', 'NATSSizeSupernet', 'get_space']
@@ -226,15 +226,9 @@ def _cost_table(space: NATSSizeSpace) -> dict:
     return {'stem': stem, 'head': head, 'layers': layers}
 
 
-_LATENCIES: dict[tuple[NATSSizeSpace, tuple[int, ...]], float] = {}
-
-
 def _latency(space: NATSSizeSpace, chs: tuple[int, ...]) -> float:
-    key = (space, chs)
-    if key not in _LATENCIES:
-        arch = tuple(space.widths.index(c) for c in chs)
-        _LATENCIES[key] = cpu_latency(family.build(space.to_spec(arch)), space.img_size)
-    return _LATENCIES[key]
+    arch = tuple(space.widths.index(c) for c in chs)
+    return measured_latency(space, arch, lambda: family.build(space.to_spec(arch)), space.img_size)
 
 
 class _SlimSkip(family.SkipProjection):

@@ -47,7 +47,7 @@ from backbones._flops import count_params
 
 from ..interchoice import ChoiceSite, InterChoice, parse_options
 from ..protocols import COST_METRICS, Arch
-from .base import ChoiceSpace, cpu_latency
+from .base import ChoiceSpace, measured_latency
 
 __all__ = ['SPACES', 'SUBSPACES', 'EdgeChoice', 'NB201Space', 'NB201Supernet', 'get_space']
 
@@ -125,7 +125,7 @@ class NB201Space(ChoiceSpace):
             raise ValueError(f'cost metric {metric!r}: expected one of {COST_METRICS}')
         arch = self.check(arch)
         if metric == 'latency':
-            return _latency(self, arch)
+            return measured_latency(self, arch, lambda: nb201_family.build(self.to_spec(arch)), self.img_size)
         table = _cost_table(self)
         index = 1 if metric == 'params' else 0
         return float(table['fixed'][index] + sum(table['edges'][e][c][index] for e, c in enumerate(arch)))
@@ -176,16 +176,6 @@ def _cost_table(space: NB201Space) -> dict:
             total = sum(counts['Global'].values()) // 2, count_params(net)
             fixed = (total[0] - sum(r[0][0] for r in edges), total[1] - sum(r[0][1] for r in edges))
     return {'fixed': fixed, 'edges': edges}
-
-
-_LATENCIES: dict[tuple[NB201Space, Arch], float] = {}
-
-
-def _latency(space: NB201Space, arch: Arch) -> float:
-    key = (space, arch)
-    if key not in _LATENCIES:
-        _LATENCIES[key] = cpu_latency(nb201_family.build(space.to_spec(arch)), space.img_size)
-    return _LATENCIES[key]
 
 
 class EdgeChoice(nn.Module):
