@@ -66,6 +66,8 @@ DEFAULT_SPLIT = {'holdout_per_class': 25, 'test_per_class': 60, 'seed': 0}
 #: timm's ImageNet normalisation: what the search engine's image-folder pipeline applies to the same PNGs.
 _MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 RESULTS = 'results.jsonl'
+#: The families a ground truth can be made of (search spaces whose paths are these zoo networks).
+FAMILIES = ('nb201', 'nats_size')
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ class Recipe:
     and the run a few epochs, with width and depth reduced to what a CPU trains in seconds.
     """
 
-    subspace: str = 'only_conv'
+    subspace: str = 'only_conv'  # nb201 only
     channels: int = 8
     cells_per_stage: int = 1
     img_size: int = 16
@@ -86,9 +88,27 @@ class Recipe:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    family: str = 'nb201'  # or 'nats_size' (BossNAS's NATS-Bench size space; issue 13)
+    widths: tuple[int, ...] | None = None  # nats_size: the width choices (default the space's 8..64)
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f'recipe family {self.family!r}: expected one of {sorted(FAMILIES)}')
+        if self.widths is not None:
+            if self.family != 'nats_size':
+                raise ValueError('recipe widths: only the nats_size family has width choices')
+            object.__setattr__(self, 'widths', tuple(int(w) for w in self.widths))
+
+    @property
+    def name(self) -> str:
+        """What names the trained sub-space in logs and reports: the nb201 sub-space, else the family."""
+        return self.subspace if self.family == 'nb201' else self.family
 
     def space(self) -> Any:
-        """The ``nb201`` space this recipe trains (its specs are the stand-alone networks)."""
+        """The space this recipe trains (its specs are the stand-alone networks)."""
+        if self.family == 'nats_size':
+            options = {} if self.widths is None else {'widths': self.widths}
+            return get_space('nats_size', img_size=self.img_size, **options)
         return get_space(
             'nb201',
             subspace=self.subspace,
@@ -96,6 +116,13 @@ class Recipe:
             cells_per_stage=self.cells_per_stage,
             img_size=self.img_size,
         )
+
+    def space_config(self) -> dict[str, Any]:
+        """``space`` and ``space_options`` of a search config whose paths are this recipe's networks."""
+        if self.family == 'nats_size':
+            return {'space': 'nats_size', 'space_options': {} if self.widths is None else {'widths': list(self.widths)}}
+        options = {'subspace': self.subspace, 'channels': self.channels, 'cells_per_stage': self.cells_per_stage}
+        return {'space': 'nb201', 'space_options': options}
 
 
 def digits_images(img_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -152,7 +179,7 @@ def archs_for(space: Any, count: int | None = None, seed: int = 0) -> list[tuple
         return every
     if count < 1:
         raise ValueError(f'count must be positive, got {count}')
-    rng = random.Random(derive_seed(seed, 'groundtruth-sample', space.subspace))
+    rng = random.Random(derive_seed(seed, 'groundtruth-sample', getattr(space, 'subspace', space.name)))
     return [every[i] for i in sorted(rng.sample(range(len(every)), count))]
 
 
@@ -182,7 +209,7 @@ def fit_architecture(
     import backbones  # noqa: F401  (registers the families with timm)
 
     torch.manual_seed(derive_seed(seed, 'groundtruth-init'))
-    model = timm.create_model('nb201', spec=spec, num_classes=10)
+    model = timm.create_model(spec['family'], spec=spec, num_classes=10)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     opt = torch.optim.SGD(
@@ -220,8 +247,26 @@ def fit_architecture(
     }
 
 
+def recipe_fields(recipe: Recipe) -> dict:
+    """The recipe as recorded in ``recipe.json``: an nb201 recipe without the fields of other families (so the
+    folders written before they existed still match), a nats_size one without nb201's."""
+    doc = dataclasses.asdict(recipe)
+    if recipe.family == 'nb201':
+        doc.pop('family'), doc.pop('widths')
+    else:
+        for name in ('subspace', 'channels', 'cells_per_stage'):
+            doc.pop(name)
+        doc['widths'] = list(recipe.space().widths)
+    return doc
+
+
+def recipe_from(doc: dict) -> Recipe:
+    """The :class:`Recipe` of a ``recipe.json``'s ``recipe`` mapping."""
+    return Recipe(**doc)
+
+
 def _recipe_doc(recipe: Recipe, split: dict) -> dict:
-    return {'recipe': dataclasses.asdict(recipe), 'split': split}
+    return {'recipe': recipe_fields(recipe), 'split': split}
 
 
 def load_results(out: str | Path) -> list[dict]:
@@ -277,7 +322,7 @@ def train_all(
     split_path = out / 'split.json'
     if not split_path.is_file():
         atomic_write_json(split_path, {**split, 'dataset': 'sklearn.datasets.load_digits', **parts})
-    atomic_write_json(out / 'archs.json', {'subspace': recipe.subspace, 'archs': [list(a) for a in archs]})
+    atomic_write_json(out / 'archs.json', {'subspace': recipe.name, 'archs': [list(a) for a in archs]})
     done = {(r['key'], r['seed']) for r in load_results(out)}
     todo = [(tuple(a), s) for a in archs for s in seeds if (space.key(a), s) not in done]
     if todo:
@@ -287,7 +332,7 @@ def train_all(
         data = _data(recipe, split)
         try:
             with open(out / RESULTS, 'a') as f:
-                for arch, seed in progress(todo, enabled=show_progress, desc=f'ground truth {recipe.subspace}'):
+                for arch, seed in progress(todo, enabled=show_progress, desc=f'ground truth {recipe.name}'):
                     spec = space.to_spec(arch)
                     row = {'key': space.key(arch), 'arch': list(arch), 'seed': seed, 'spec': spec}
                     row.update(train_architecture(spec, data, recipe, seed))
@@ -298,6 +343,11 @@ def train_all(
         finally:
             torch.set_num_threads(old_threads)
     return load_results(out)
+
+
+def _choices(spec: dict) -> dict[str, list]:
+    """What a table row shows of a spec: an nb201 cell's six edge ops, a nats_size network's five widths."""
+    return {'edges': spec['edges']} if 'edges' in spec else {'channels': spec['channels']}
 
 
 def _corr(fn: Any, a: Sequence[float], b: Sequence[float]) -> float | None:
@@ -336,7 +386,7 @@ def summarize(out: str | Path, seeds: Sequence[int] | None = None) -> dict:
             {
                 'key': key,
                 'arch': first['arch'],
-                'edges': first['spec']['edges'],
+                **_choices(first['spec']),
                 'spec': first['spec'],
                 'test_top1': dict(zip(map(str, seeds), test, strict=True)),
                 'test_top1_mean': float(np.mean(test)),
@@ -373,12 +423,13 @@ def summarize(out: str | Path, seeds: Sequence[int] | None = None) -> dict:
     summary['holdout_vs_test_kendall_tau'] = _corr(rating.kendall_tau, [r['holdout_top1_mean'] for r in table], mean)
     atomic_write_json(out / 'groundtruth.json', {'summary': summary, 'architectures': table})
     atomic_write_json(out / 'truth.json', {r['key']: r['test_top1_mean'] for r in table})
+    column = next(iter(_choices(table[0]['spec'])))
     with open(out / 'groundtruth.csv', 'w', newline='') as f:
         w = csv.writer(f)
         w.writerow(
             [
                 'key',
-                'edges',
+                column,
                 *[f'test_top1_seed{s}' for s in seeds],
                 'test_top1_mean',
                 'holdout_top1_mean',
@@ -391,7 +442,7 @@ def summarize(out: str | Path, seeds: Sequence[int] | None = None) -> dict:
             w.writerow(
                 [
                     r['key'],
-                    ' '.join(r['edges']),
+                    ' '.join(map(str, r[column])),
                     *[f'{r["test_top1"][str(s)]:.3f}' for s in seeds],
                     f'{r["test_top1_mean"]:.3f}',
                     f'{r["holdout_top1_mean"]:.3f}',

@@ -4,6 +4,8 @@
 
     python -m search.groundtruth train --subspace only_conv --out benchmarks/groundtruth/only_conv
     python -m search.groundtruth train --subspace no_zero --sample 64 --out benchmarks/groundtruth/no_zero
+    python -m search.groundtruth train --family nats_size --widths 4 8 12 16 20 24 28 32 --sample 64 \
+        --out benchmarks/groundtruth/nats_size
     python -m search.groundtruth summarize benchmarks/groundtruth/only_conv
     python -m search.groundtruth export data/digits
     python -m search.groundtruth baseline benchmarks/groundtruth/only_conv --metric params
@@ -33,13 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = gt.Recipe()
     t = sub.add_parser('train', help='train every (architecture, seed) of a sub-space not yet in OUT/results.jsonl')
     t.add_argument('--out', required=True, help='folder of results.jsonl, recipe.json, split.json, tables')
-    t.add_argument('--subspace', default=defaults.subspace, choices=['full', 'no_zero', 'only_conv'])
+    t.add_argument('--family', default=defaults.family, choices=list(gt.FAMILIES), help='nb201 (default) or nats_size')
+    t.add_argument('--subspace', default=defaults.subspace, choices=['full', 'no_zero', 'only_conv'], help='nb201 only')
+    t.add_argument('--widths', type=int, nargs='+', help='nats_size: the width choices (default 8 16 ... 64)')
     t.add_argument('--sample', type=int, help='a seeded sample of this many architectures (default: all)')
     t.add_argument('--sample-seed', type=int, default=0, help='seed of the architecture sample')
     t.add_argument('--limit', type=int, help='train only the first N architectures (of the list or sample)')
     t.add_argument('--seeds', type=int, nargs='+', default=[1, 2], help='training seeds (default: 1 2)')
     for f in dataclasses.fields(gt.Recipe):
-        if f.name != 'subspace':
+        if f.name not in ('subspace', 'family', 'widths'):
             t.add_argument(
                 f'--{f.name.replace("_", "-")}',
                 type=type(getattr(defaults, f.name)),
@@ -79,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
-    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(gt.Recipe) if f.name != 'subspace'}
-    recipe = gt.Recipe(subspace=args.subspace, **fields)
+    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(gt.Recipe) if f.name not in ('widths',)}
+    recipe = gt.Recipe(**{**fields, 'widths': args.widths})
     archs = gt.archs_for(recipe.space(), args.sample, args.sample_seed)
     if args.limit is not None:
         archs = archs[: args.limit]

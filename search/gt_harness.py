@@ -84,19 +84,14 @@ def _run_method(
     show_progress: bool,
 ) -> dict[str, Any]:
     truth_doc = load_truth(truth_dir)
-    recipe, split = truth_doc['recipe'], truth_doc['split']
+    recipe, split = gt.recipe_from(truth_doc['recipe']), truth_doc['split']
     output = Path(output)
     data = Path(data_dir) if data_dir is not None else output / 'data'
-    exported = gt.export_image_folder(data, recipe['img_size'], split)
+    exported = gt.export_image_folder(data, recipe.img_size, split)
     cls = get_method(method)
     forced = {
-        'space': 'nb201',
-        'space_options': {
-            'subspace': recipe['subspace'],
-            'channels': recipe['channels'],
-            'cells_per_stage': recipe['cells_per_stage'],
-        },
-        'img_size': recipe['img_size'],
+        **recipe.space_config(),
+        'img_size': recipe.img_size,
         'num_classes': 10,
         'holdout_per_class': split['holdout_per_class'],
         'data_dir': str(data),
@@ -126,10 +121,10 @@ def _run_method(
     )
     summary = truth_doc['summary']
     report['noise_ceiling_kendall_tau'] = summary.get('noise_ceiling_kendall_tau')
-    report.update(method=method, seed=seed, subspace=recipe['subspace'], truth=str(truth_dir))
+    report.update(method=method, seed=seed, subspace=recipe.name, truth=str(truth_dir))
     (output / 'scores.json').write_text(json.dumps(scores, indent=1) + '\n')
     (output / 'rating.json').write_text(json.dumps(report, indent=1) + '\n')
-    title = f'{method} seed {seed} on {recipe["subspace"]} ({len(archs)} architectures)'
+    title = f'{method} seed {seed} on {recipe.name} ({len(archs)} architectures)'
     rating.scatter_plot(scores, truth, output / 'rating.png', title=title, lower_score_is_better=True)
     return report
 
@@ -147,7 +142,7 @@ def baseline_report(truth_dir: str | Path, metric: str = 'params', top_k: Sequen
         scores, truth, lower_score_is_better=True, top_k=[k for k in top_k if k <= len(archs)]
     )
     report['noise_ceiling_kendall_tau'] = truth_doc['summary'].get('noise_ceiling_kendall_tau')
-    report.update(method=f'baseline: more {metric} ranks higher', subspace=truth_doc['recipe']['subspace'])
+    report.update(method=f'baseline: more {metric} ranks higher', subspace=gt.recipe_from(truth_doc['recipe']).name)
     return report
 
 

@@ -53,7 +53,7 @@ def train_teacher(
     if out.exists() and not overwrite:
         raise FileExistsError(f'{out} exists: pass --overwrite to replace it')
     truth = load_truth(truth_dir)
-    recipe = gt.Recipe(**truth['recipe'])
+    recipe = gt.recipe_from(truth['recipe'])
     if epochs is not None:
         if epochs < 1:
             raise ValueError(f'--epochs must be >= 1, got {epochs}')

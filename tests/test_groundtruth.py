@@ -183,3 +183,40 @@ def test_committed_ground_truth_is_consistent(folder: str, sample: int | None) -
         assert row['spec'] == space.to_spec(tuple(row['arch']))
     assert len(doc['summary']['seeds']) >= 2
     assert -1.0 <= doc['summary']['noise_ceiling_kendall_tau'] <= 1.0
+
+
+NATS_TINY = gt.Recipe(family='nats_size', widths=(4, 8), img_size=8, epochs=1, batch_size=16)
+
+
+def test_nats_size_ground_truth_and_harness(tmp_path: Path) -> None:
+    """The NATS-size family (issue 13): trained, summarised (widths as the row's choices) and rated end to end by a
+    method whose forced space is ``nats_size`` with the recipe's widths."""
+    out = tmp_path / 'nats'
+    archs = gt.archs_for(NATS_TINY.space(), 3, seed=0)
+    gt.train_all(out, NATS_TINY, archs, seeds=[1, 2], split=TINY_SPLIT, threads=1, show_progress=False)
+    gt.summarize(out)
+    doc = json.loads((out / 'groundtruth.json').read_text())
+    assert [r['channels'] for r in doc['architectures']] == [
+        NATS_TINY.space().to_spec(tuple(r['arch']))['channels'] for r in doc['architectures']
+    ]
+    assert json.loads((out / 'recipe.json').read_text())['recipe']['widths'] == [4, 8]
+    config = ROOT / 'configs' / 'search' / 'spos_groundtruth_tiny.yaml'
+    report = gt_harness.run_method('spos', config, out, tmp_path / 'run', seed=0, top_k=(2,), show_progress=False)
+    assert report['n'] == 3 and report['subspace'] == 'nats_size'
+    from search import engine
+
+    trained = json.loads(engine.load_checkpoint(tmp_path / 'run' / 'checkpoints' / 'last.pt')['config'])
+    assert (trained['space'], trained['space_options']) == ('nats_size', {'widths': [4, 8]})
+    assert gt_harness.baseline_report(out)['n'] == 3
+
+
+def test_recipe_fields_keep_the_nb201_folders_valid() -> None:
+    """An nb201 recipe is recorded without the nats_size fields (so the committed folders still match), and the
+    family's fields are checked."""
+    for folder in ('only_conv', 'no_zero'):
+        written = json.loads((BENCH / folder / 'recipe.json').read_text())['recipe']
+        assert gt.recipe_fields(gt.recipe_from(written)) == written
+    with pytest.raises(ValueError, match='recipe family'):
+        gt.Recipe(family='resnest')
+    with pytest.raises(ValueError, match='only the nats_size family'):
+        gt.Recipe(widths=(4, 8))
