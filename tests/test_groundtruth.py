@@ -167,12 +167,12 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert 'holds no results' in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(('folder', 'sample'), [('only_conv', None), ('no_zero', 64)])
+@pytest.mark.parametrize(('folder', 'sample'), [('only_conv', None), ('no_zero', 64), ('nats_size', 64)])
 def test_committed_ground_truth_is_consistent(folder: str, sample: int | None) -> None:
-    """Every architecture of the list (all only-Conv ones, the seeded no-Zero sample) with every seed (at least
-    two); truth.json is the mean test top-1; specs are the space's."""
+    """Every architecture of the list (all only-Conv ones, the seeded no-Zero and NATS-size samples) with every
+    seed (at least two); truth.json is the mean test top-1; specs are the space's."""
     doc = json.loads((BENCH / folder / 'groundtruth.json').read_text())
-    recipe = gt.Recipe(**json.loads((BENCH / folder / 'recipe.json').read_text())['recipe'])
+    recipe = gt.recipe_from(json.loads((BENCH / folder / 'recipe.json').read_text())['recipe'])
     space = recipe.space()
     keys = {row['key'] for row in doc['architectures']}
     assert keys == {space.key(a) for a in gt.archs_for(space, sample, seed=0)}
