@@ -225,3 +225,22 @@ def test_full_supernet_builds_on_meta() -> None:
     first = net.blocks[0][0].layers[0]
     assert sorted(first.ops) == ['16_k3e3', '16_k3e6', '16_k5e3', '16_k5e6']
     assert first.ops['16_k3e6'].shortcut is first.ops['16_k5e3'].shortcut
+
+
+def test_full_size_bossnas_config_on_its_mbconv_space_builds_on_meta() -> None:
+    """configs/search/bossnas_mbconv.yaml: the official values (4 fair paths, 4 view pairs, 6 epochs a block, LARS
+    4.8 at 4096, heads 2048 -> 4096 -> 256) on the 4^18 space; the siamese model builds on the meta device."""
+    from pathlib import Path
+
+    from search.config import load_config
+    from search.methods.bossnas import BossNASConfig, BossRunner
+    from search.methods.bossnas_blocks import make_adapter
+
+    cfg = load_config(BossNASConfig, Path(__file__).resolve().parents[1] / 'configs/search/bossnas_mbconv.yaml', {})
+    assert (cfg.paths, cfg.pairs, cfg.sampling, cfg.epochs, cfg.batch_size) == (4, 4, 'fair', 6, 4096)
+    assert (cfg.proj_in, cfg.proj_hidden, cfg.proj_out, cfg.pred_hidden) == (2048, 4096, 256, 4096)
+    space = get_space(cfg.space, img_size=cfg.img_size)
+    assert space.size == 4**18
+    with torch.device('meta'):
+        runner = BossRunner(make_adapter(space), space.build_supernet(num_classes=cfg.num_classes), cfg)
+    assert len(runner.online.projectors) == make_adapter(space).num_blocks
