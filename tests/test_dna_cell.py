@@ -168,16 +168,19 @@ def _path_key(full: str, method: DNACell, arch: tuple[int, ...]) -> str | None:
 
 
 def test_harness_end_to_end(teacher: Path, tiny_truth: Path, tmp_path: Path) -> None:  # noqa: F811
-    report = gt_harness.run_method(
-        'dna_cell',
-        CONFIG,
-        tiny_truth,
-        tmp_path / 'run',
-        seed=0,
-        overrides={'teacher_checkpoint': str(teacher)},
-        top_k=(2,),
-        show_progress=False,
-    )
+    def run() -> dict:
+        return gt_harness.run_method(
+            'dna_cell',
+            CONFIG,
+            tiny_truth,
+            tmp_path / 'run',
+            seed=0,
+            overrides={'teacher_checkpoint': str(teacher)},
+            top_k=(2,),
+            show_progress=False,
+        )
+
+    report = run()
     scores = json.loads((tmp_path / 'run' / 'scores.json').read_text())
     assert report['n'] == 3 and len(scores) == 3 and all(s > 0 for s in scores.values())
     rows = [json.loads(line) for line in (tmp_path / 'run' / 'ratings' / 'paths.jsonl').read_text().splitlines()]
@@ -185,16 +188,7 @@ def test_harness_end_to_end(teacher: Path, tiny_truth: Path, tmp_path: Path) -> 
     assert all(r['score'] == pytest.approx(sum(r['blocks'])) and len(r['blocks']) == 3 for r in rows)
     log = [json.loads(line) for line in (tmp_path / 'run' / 'train_log.jsonl').read_text().splitlines()]
     assert {'loss_block0', 'loss_block1', 'loss_block2'} <= set(log[-1])
-    again = gt_harness.run_method(
-        'dna_cell',
-        CONFIG,
-        tiny_truth,
-        tmp_path / 'run',
-        seed=0,
-        overrides={'teacher_checkpoint': str(teacher)},
-        top_k=(2,),
-        show_progress=False,
-    )
+    again = run()
     assert again['kendall_tau'] == report['kendall_tau']
 
 

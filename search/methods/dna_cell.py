@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from .. import data as data_lib
 from .. import engine, pipeline
 from ..config import ConfigError, SearchConfig
+from ..path_cache import PathCache
 from ..protocols import Arch, StepContext
 from ..spaces import get_space
 from ..spaces.nb201 import NB201Space, NB201Supernet
@@ -284,7 +285,7 @@ class CellBlockRater:
         self.method, self.ctx, self.cfg = method, ctx, method.cfg
         self.path = self.cfg.out / 'ratings' / 'paths.jsonl'
         self._fingerprint: str | None = None
-        self._cache: dict[str, float] | None = None
+        self.cache = PathCache(self.path, self.fingerprint, 'score')
         self._loaded = False
 
     def fingerprint(self) -> str:
@@ -294,22 +295,8 @@ class CellBlockRater:
             self._fingerprint = json.dumps(doc, sort_keys=True)
         return self._fingerprint
 
-    def _read_cache(self) -> dict[str, float]:
-        if self._cache is None:
-            self._cache = {}
-            fp = self.fingerprint()
-            if self.path.is_file():
-                for line in self.path.read_text().splitlines():
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue  # a line torn by a kill
-                    if row.get('fingerprint') == fp:
-                        self._cache[row['key']] = float(row['score'])
-        return self._cache
-
     def rate(self) -> Any:
-        self._read_cache()
+        self.cache.read()
         return self.score
 
     def _load(self) -> None:
@@ -357,17 +344,12 @@ class CellBlockRater:
         return out
 
     def score(self, arch: Arch) -> float:
-        cache = self._read_cache()
+        cache = self.cache.read()
         arch = self.method.space.check(arch)
         key = self.method.space.key(arch)
         if key in cache:
             return cache[key]
         blocks = self.block_scores(arch)
         value = float(sum(blocks))
-        cache[key] = value
-        if self.ctx.is_main:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            row = {'fingerprint': self.fingerprint(), 'key': key, 'arch': list(arch), 'score': value, 'blocks': blocks}
-            with open(self.path, 'a') as f:
-                f.write(json.dumps(row) + '\n')
+        self.cache.add(key, arch, value, write=self.ctx.is_main, blocks=blocks)
         return value

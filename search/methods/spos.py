@@ -49,6 +49,7 @@ from .. import data as data_lib
 from .. import engine
 from .. import interchoice as interchoice_lib
 from ..config import ConfigError, SearchConfig
+from ..path_cache import PathCache
 from ..protocols import Arch, Found, StepContext
 from ..spaces import get_space
 from ..strategies.evolution import EvolutionConfig, evolution_search
@@ -270,7 +271,7 @@ class PathRater:
         self.method, self.ctx, self.cfg = method, ctx, method.cfg
         self.path = self.cfg.out / 'ratings' / 'paths.jsonl'
         self._fingerprint: str | None = None
-        self._cache: dict[str, float] | None = None
+        self.cache = PathCache(self.path, self.fingerprint, 'top1')
         self._loaded = False
         self._trained_bn: dict[str, torch.Tensor] | None = None
 
@@ -285,22 +286,8 @@ class PathRater:
             self._fingerprint = json.dumps({'step': step, **{k: getattr(self.cfg, k) for k in keys}}, sort_keys=True)
         return self._fingerprint
 
-    def _read_cache(self) -> dict[str, float]:
-        if self._cache is None:
-            self._cache = {}
-            fp = self.fingerprint()
-            if self.path.is_file():
-                for line in self.path.read_text().splitlines():
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue  # a line torn by a kill
-                    if row.get('fingerprint') == fp:
-                        self._cache[row['key']] = float(row['top1'])
-        return self._cache
-
     def rate(self) -> Any:
-        self._read_cache()
+        self.cache.read()
         return self.score
 
     def _batches(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -330,7 +317,7 @@ class PathRater:
     @torch.no_grad()
     def top1(self, arch: Arch) -> float:
         """Held-out top-1 (%) of ``arch`` after BN recalibration (cached)."""
-        cache = self._read_cache()
+        cache = self.cache.read()
         key = self.method.space.key(arch)
         if key in cache:
             return cache[key]
@@ -354,12 +341,7 @@ class PathRater:
             correct += int((path(x).argmax(1) == y).sum())
             total += len(y)
         top1 = 100.0 * correct / total
-        cache[key] = top1
-        if self.ctx.is_main:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            row = {'fingerprint': self.fingerprint(), 'key': key, 'arch': list(arch), 'top1': top1}
-            with open(self.path, 'a') as f:
-                f.write(json.dumps(row) + '\n')
+        self.cache.add(key, arch, top1, write=self.ctx.is_main)
         return top1
 
     def score(self, arch: Arch) -> float:

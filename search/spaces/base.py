@@ -103,6 +103,15 @@ class ChoiceSpace:
         pick = torch.randint(2, (len(a),), generator=generator).tolist()
         return self.canonical([x if p == 0 else y for x, y, p in zip(a, b, pick, strict=True)])
 
+    def check_path_spec(self, spec: dict, expected: dict) -> None:
+        """Refuse a spec that is not ``expected`` (the spec of the path it decodes to), naming the fields that
+        differ: what ``from_spec`` checks after decoding."""
+        fields = sorted(k for k in set(spec) | set(expected) if spec.get(k) != expected.get(k))
+        if fields:
+            raise ValueError(
+                f'spec is not a path of space {self.name!r}: field(s) {fields} differ (expected {expected})'
+            )
+
     def key(self, arch: Arch) -> str:
         """Decisions joined by '-' (canonical, so equal networks have equal keys)."""
         return '-'.join(str(x) for x in self.check(arch))

@@ -370,12 +370,7 @@ class HyTraSpace(ChoiceSpace):
         arch = tuple(CHOICES.index((k, op)) for k, ops in enumerate(spec['stages']) for op in ops)
         self.check(arch)
         filled = lambda s: {**hytra_family.DEFAULTS, **s}  # noqa: E731
-        expected = filled(self._spec(arch))
-        fields = sorted(k for k in set(expected) | set(spec) if filled(spec).get(k) != expected.get(k))
-        if fields:
-            raise ValueError(
-                f'spec is not a path of space {self.name!r}: field(s) {fields} differ (expected {self._spec(arch)})'
-            )
+        self.check_path_spec(filled(spec), filled(self._spec(arch)))
         return arch
 
     # -- costs ----------------------------------------------------------------------------------------------------

@@ -161,12 +161,7 @@ class NATSSizeSpace(ChoiceSpace):
         if bad:
             raise ValueError(f'spec {", ".join(bad)} not among the widths {self.widths} of space {self.name!r}')
         arch = tuple(self.widths.index(c) for c in chs)
-        expected = self._spec(arch)
-        if expected != spec:
-            fields = sorted(k for k in set(spec) | set(expected) if spec.get(k) != expected.get(k))
-            raise ValueError(
-                f'spec is not a path of space {self.name!r}: field(s) {fields} differ (expected {expected})'
-            )
+        self.check_path_spec(spec, self._spec(arch))
         return arch
 
     # -- costs --------------------------------------------------------------------------------------------------

@@ -109,12 +109,7 @@ class NB201Space(ChoiceSpace):
                     f'spec edge {i} {spec["edges"][i]!r} is not allowed in sub-space {self.subspace!r} of space '
                     f'{self.name!r} (allowed: {[nb201_family.OPS[x] for x in self.allowed(i)]})'
                 )
-        expected = self._spec(arch)
-        if expected != spec:
-            fields = sorted(k for k in set(spec) | set(expected) if spec.get(k) != expected.get(k))
-            raise ValueError(
-                f'spec is not a path of space {self.name!r}: field(s) {fields} differ (expected {expected})'
-            )
+        self.check_path_spec(spec, self._spec(arch))
         return arch
 
     # -- costs --------------------------------------------------------------------------------------------------
