@@ -16,6 +16,7 @@ benchmarks/groundtruth/only_conv --output runs/spos_gt --seed 0``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 from collections.abc import Sequence
@@ -98,6 +99,9 @@ def _run_method(
         'output': str(output),
         'seed': seed,
     }
+    if 'rating_archs' in {f.name for f in dataclasses.fields(cls.config_class)}:
+        # Raters that rate a sample of the space (BossNAS's rating_paths) always rate the ground-truth networks.
+        forced['rating_archs'] = [list(row['arch']) for row in truth_doc['architectures']]
     values = {**(overrides or {}), **forced}
     cfg = load_config(cls.config_class, config, values)
     # The engine reads its held-out split from the run folder: fix it to the ground truth's held-out images.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -191,6 +192,9 @@ def test_fair_sampling_uses_every_option_once_per_decision() -> None:
         ({'space': 'fairnas'}, 'space'),
         ({'blocks': (0,)}, 'blocks'),
         ({'proj_out': 0}, 'proj_out'),
+        ({'rating_paths': -1}, 'rating_paths'),
+        ({'rating_archs': [[0, 1]]}, 'rating_archs'),
+        ({'space': 'bossnas_mbconv_tiny', 'rating_paths': 4}, 'rating_paths'),
     ],
 )
 def test_bad_config_values_are_named(setting: dict, name: str) -> None:
@@ -261,6 +265,52 @@ def test_rating_views_are_fixed_across_rater_instances(tiny_run: Path, tiny_data
     assert not torch.equal(a[0][0][0], a[0][0][1])  # the two views of a pair differ
     other = BlockRater(BossNASBlock(dataclasses.replace(bcfg, seed=7), 0), ctx).views()
     assert not torch.equal(other[0][0][0], a[0][0][0])
+
+
+def test_sampled_rating_scores_the_sample_and_the_asked_architectures(
+    tiny_run: Path, tiny_data: Path, tmp_path: Path
+) -> None:
+    """rating_paths: the centre comes from a seeded sample; the asked architectures are scored too; a sample as
+    large as the block is the exhaustive rating, to the bit."""
+    shutil.copytree(tiny_run / 'block0', tmp_path / 'block0')
+    (tmp_path / 'block0' / 'ratings' / 'block.json').unlink()
+    full = json.loads((tiny_run / 'block0' / 'ratings' / 'block.json').read_text())['candidates']
+    ctx = engine.init_distributed('cpu')
+    values = {'data_dir': str(tiny_data), 'output': str(tmp_path / 'block0')}
+
+    def rate(**kw):
+        cfg = load_config(BossNASConfig, TINY, {**values, **kw})
+        rater = BlockRater(BossNASBlock(cfg, 0), ctx)
+        return rater, rater.rate()
+
+    rater, rows = rate(rating_paths=4)
+    assert rater.complete and [(r['key'], r['score']) for r in rows] == [(r['key'], r['score']) for r in full]
+    rater, _ = rate(rating_paths=2, rating_archs=[])
+    sample, _ = rater.population()
+    outside = next(tuple(r['path']) for r in full if tuple(r['path']) not in sample)
+    arch = (*outside, 0, 0, 0)
+    rater, rows = rate(rating_paths=2, rating_archs=[list(arch)])
+    assert not rater.complete and len(sample) == 2
+    assert sorted(tuple(r['path']) for r in rows) == sorted([*sample, outside])
+    by_key = {r['key']: r['score'] for r in full}
+    assert any(abs(r['score'] - by_key[r['key']]) > 1e-6 for r in rows)  # another centre: other scores
+    doc = json.loads((tmp_path / 'block0' / 'ratings' / 'block.json').read_text())
+    assert doc['complete'] is False
+
+
+def test_search_over_sampled_ratings_ranks_only_fully_rated_architectures() -> None:
+    space = get_space('nats_size_tiny')
+    adapter = make_adapter(space)
+    g = torch.Generator().manual_seed(5)
+    blocks = []
+    for k in range(adapter.num_blocks):
+        paths = adapter.block_paths(k, [])[:-1] if k == 0 else adapter.block_paths(k, [])  # one block-0 path unrated
+        blocks.append({adapter.block_key(p): float(torch.rand((), generator=g)) for p in paths})
+    rated = BlockScores(adapter, blocks, complete=False)
+    found = SummedSearcher().search(space, rated, 'macs', None, 32)
+    allowed = [space.allowed(i) for i in range(5)]
+    want = sorted((rated(a), a) for a in itertools.product(*allowed) if rated.rated(a))
+    assert len(found) == len(want) == 24 and [f.arch for f in found] == [a for _, a in want]
 
 
 def test_killed_run_resumes_to_the_same_spec(tiny_run: Path, tiny_data: Path, tmp_path: Path) -> None:

@@ -42,7 +42,11 @@ reset and re-estimated on ``calib_images`` training images (both views; the offi
 the held-out split's view pairs are generated once with a seeded generator (the training transform, as the
 official ``StoragedBYOLDataset``); centre = mean over all the block's paths of the raw target projections; score
 = mean over batches of ``(2 - 2 cos)(pred(online(v1)), c_v2) + (2 - 2 cos)(pred(online(v2)), c_v1)`` (online
-net + predictor, as the official code; lower is better). Every path of the block is rated (exhaustive).
+net + predictor, as the official code; lower is better). Every path of the block is rated (exhaustive, official).
+``rating_paths: N`` (NB201 and NATS-size only) estimates the centre from a seeded uniform sample of N block paths and
+scores that sample plus the block paths of ``rating_archs`` (the ground-truth harness sets them): NB201's no-Zero
+cell has 4,096 genotypes, each rated in each of the three blocks, more than a CPU run affords; the search then
+ranks the architectures all of whose block paths were rated.
 
 **Search.** A fixed architecture's score is the sum of its blocks' scores (lambda_k = 1, the official NATS and
 MBConv ranking; the official +4 per block is a constant). NATS with an additive metric (flops, macs, params):
@@ -127,6 +131,8 @@ class BossNASConfig(SearchConfig):
     calib_images: int = 256
     rating_images: int = 10000
     rating_batch: int = 256
+    rating_paths: int = 0  # 0: every path of a block (official); N: a seeded sample of N paths (+ rating_archs)
+    rating_archs: list | None = None  # whole architectures whose block paths are always rated (ground truth)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -160,6 +166,18 @@ class BossNASConfig(SearchConfig):
         except (KeyError, ValueError, TypeError) as err:
             reason = err.args[0] if isinstance(err, KeyError) else err
             raise ConfigError(f'space {self.space!r} with space_options {self.space_options}: {reason}') from None
+        if self.rating_paths < 0:
+            raise ConfigError(f'rating_paths must be >= 0 (0: every path of a block), got {self.rating_paths}')
+        if (self.rating_paths or self.rating_archs is not None) and not getattr(adapter, 'partial_rating', False):
+            raise ConfigError(
+                f'rating_paths / rating_archs: space {self.space!r} is searched over its exhaustive block ratings '
+                '(exact budgeted or greedy search); sampled rating applies to the nb201 and nats_size spaces only'
+            )
+        if self.rating_archs is not None:
+            try:
+                self.rating_archs = [list(space.check(tuple(a))) for a in self.rating_archs]
+            except (ValueError, TypeError) as err:
+                raise ConfigError(f'rating_archs: {err}') from None
         if self.sampling is None:
             self.sampling = getattr(adapter, 'default_sampling', 'fair')
         allowed = getattr(adapter, 'samplings', SAMPLINGS)
@@ -441,7 +459,7 @@ class BlockRater:
 
     kind = 'block'
     keys = ('space', 'space_options', 'img_size', 'seed', 'holdout_per_class', 'calib_images', 'rating_images')
-    keys += ('view_aug', 'rating_batch')
+    keys += ('view_aug', 'rating_batch', 'rating_paths', 'rating_archs')
 
     def __init__(self, method: BossNASBlock, ctx: engine.DistContext) -> None:
         self.method, self.ctx, self.cfg = method, ctx, method.cfg
@@ -473,8 +491,35 @@ class BlockRater:
                 return doc['candidates']
         rows = self._rate()
         if self.ctx.is_main:
-            atomic_write_json(self.path, {'fingerprint': fp, 'block': self.method.k, 'candidates': rows})
+            doc = {'fingerprint': fp, 'block': self.method.k, 'complete': self.complete, 'candidates': rows}
+            atomic_write_json(self.path, doc)
         return rows
+
+    @property
+    def complete(self) -> bool:
+        """Whether every path of the block is rated (``rating_paths`` 0 or at least the block's path count)."""
+        n = self.cfg.rating_paths
+        return n == 0 or n >= len(self.method.adapter.block_paths(self.method.k, self.method.best))
+
+    def population(self) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
+        """(paths whose mean target projection is the centre, paths to score). Exhaustive by default (both: every
+        path of the block); with ``rating_paths`` N the centre is estimated from a seeded uniform sample of N paths
+        (an unbiased estimate of the population centre) and the scored paths are that sample plus the block paths
+        of ``rating_archs``."""
+        method, cfg = self.method, self.cfg
+        paths = method.adapter.block_paths(method.k, method.best)
+        if self.complete:
+            return paths, paths
+        g = engine.generator(cfg.seed, 'bossnas-rating-sample', method.k)
+        sample = [paths[i] for i in sorted(torch.randperm(len(paths), generator=g)[: cfg.rating_paths].tolist())]
+        scored = list(sample)
+        seen = set(sample)
+        for arch in cfg.rating_archs or []:
+            path = method.adapter.canonical(method.k, method.adapter.split(arch)[method.k])
+            if path not in seen:
+                seen.add(path)
+                scored.append(path)
+        return sample, scored
 
     @torch.no_grad()
     def _rate(self) -> list[dict]:
@@ -482,20 +527,23 @@ class BlockRater:
         pipeline.load_trained(method, self.ctx)
         runner = method.runner
         held, calib = self.views()
-        paths = method.adapter.block_paths(method.k, method.best)
+        population, paths = self.population()
+        members = set(population)
         centre: list[list[torch.Tensor]] | None = None
         preds = []
         for path in engine.progress(paths, enabled=self.ctx.is_main, desc=f'bossnas rating block {method.k}'):
             model = _PathModel(runner, path)
             recalibrate_bn(model, calib)
             outs = [[model(v) for v in pair] for pair in held]  # per batch, per view: (target, online)
+            preds.append([[o.float() for _, o in b] for b in outs])
+            if path not in members:
+                continue
             targets = [[t.float() for t, _ in b] for b in outs]
             if centre is None:
                 centre = targets
             else:
                 centre = [[c + t for c, t in zip(cb, tb, strict=True)] for cb, tb in zip(centre, targets, strict=True)]
-            preds.append([[o.float() for _, o in b] for b in outs])
-        centre = [[c / len(paths) for c in b] for b in centre]
+        centre = [[c / len(population) for c in b] for b in centre]
         rows = []
         for path, pred in zip(paths, preds, strict=True):
             per_batch = [byol_loss(p[0], c[1]) + byol_loss(p[1], c[0]) for p, c in zip(pred, centre, strict=True)]
@@ -508,8 +556,12 @@ class BlockRater:
 class BlockScores:
     """Per-block scores of every rated path; calling it scores a whole architecture (sum over blocks)."""
 
-    def __init__(self, adapter: BlockAdapter, blocks: list[dict[str, float]]) -> None:
-        self.adapter, self.blocks = adapter, blocks
+    def __init__(self, adapter: BlockAdapter, blocks: list[dict[str, float]], complete: bool = True) -> None:
+        self.adapter, self.blocks, self.complete = adapter, blocks, complete
+
+    def rated(self, arch: Sequence[int]) -> bool:
+        """Whether every block path of ``arch`` has a score (always, unless the blocks were rated on a sample)."""
+        return all(self.adapter.block_key(p) in self.blocks[k] for k, p in enumerate(self.adapter.split(arch)))
 
     def block_scores(self, arch: Sequence[int]) -> list[float]:
         parts = self.adapter.split(arch)
@@ -535,13 +587,15 @@ class SummedRater:
         return json.dumps([json.loads(f.read_text())['fingerprint'] if f.is_file() else None for f in files])
 
     def rate(self) -> BlockScores | None:
-        blocks = []
+        blocks, complete = [], True
         for k in range(self.driver.num_blocks):
             f = self.driver.block_config(k).out / 'ratings' / 'block.json'
             if not f.is_file():
                 return None
-            blocks.append({r['key']: float(r['score']) for r in json.loads(f.read_text())['candidates']})
-        return BlockScores(self.driver.adapter, blocks)
+            doc = json.loads(f.read_text())
+            complete = complete and doc.get('complete', True)
+            blocks.append({r['key']: float(r['score']) for r in doc['candidates']})
+        return BlockScores(self.driver.adapter, blocks, complete)
 
 
 class BossNAS:
@@ -668,12 +722,14 @@ class SummedSearcher:
         from ..spaces.mbconv import MBConvSpace
         from ..spaces.nats import NATSSizeSpace
 
-        if isinstance(space, NATSSizeSpace) and metric != 'latency':
+        if isinstance(space, NATSSizeSpace) and metric != 'latency' and rated.complete:
             return self._exact(space, rated, metric, budget, top_k)
         if isinstance(space, MBConvSpace):
             return self._exact_mbconv(space, rated, metric, budget, top_k)
         allowed = [space.allowed(i) for i in range(len(space.num_choices))]
-        scored = sorted((rated(a), space.key(a), a) for a in itertools.product(*allowed))
+        # Blocks rated on a sample (rating_paths): the architectures all of whose block paths were rated.
+        archs = [a for a in itertools.product(*allowed) if rated.complete or rated.rated(a)]
+        scored = sorted((rated(a), space.key(a), a) for a in archs)
         found = []
         for score, _, arch in scored:
             cost = space.cost(arch, metric)
@@ -682,7 +738,7 @@ class SummedSearcher:
                 if len(found) == top_k:
                     break
         if not found:
-            low = min(space.cost(a, metric) for a in itertools.product(*allowed))
+            low = min(space.cost(a, metric) for a in archs)
             raise ValueError(f'no architecture of space {space.name!r} within {metric} budget {budget:g} (min {low:g})')
         return found
 

@@ -21,7 +21,8 @@ genotype); for the DNA-style MBConv spaces the cell index and one op index per l
 
 Optional adapter attributes: ``samplings`` (the path samplings that apply; default both), ``default_sampling``
 (used when the config leaves ``sampling`` unset; default ``fair``) and ``channel_fix(width, proj_in)`` (the
-projector's input module for one output width; default a 1x1 conv + BN).
+projector's input module for one output width; default a 1x1 conv + BN) and ``partial_rating`` (whether the blocks
+may be rated on a sample of paths, ``rating_paths``: only where the search can scan the whole space; default no).
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ class NATSAdapter:
     of the block's layers; the input width comes from the tensor (slimmable convs), as the official rating fixes
     it to the previous best path's last width."""
 
+    partial_rating = True
+
     def __init__(self, space: NATSSizeSpace) -> None:
         self.space = space
         self.num_blocks = len(space.blocks)
@@ -112,6 +115,8 @@ class NATSAdapter:
 class NB201Adapter:
     """NB201 cell space: three blocks by resolution (stem + stage 0, stage 1, stage 2, as ``dna_cell``), a path =
     the whole (shared) cell genotype."""
+
+    partial_rating = True
 
     def __init__(self, space: NB201Space) -> None:
         self.space = space
