@@ -4,6 +4,7 @@ search, the tiny run end to end (a hytra spec that builds and is the trained pat
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -27,15 +28,19 @@ TINY = ROOT / 'configs/search/bossnas_hytra_tiny.yaml'
 FULL = ROOT / 'configs/search/bossnas_hytra.yaml'
 
 
+def _run(data_dir: Path, out: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, '-m', 'search', 'bossnas', '--config', str(TINY), '--data-dir', str(data_dir)]
+    return subprocess.run(
+        [*cmd, '--output', str(out), *extra], cwd=ROOT, env=env or ENV, capture_output=True, text=True, timeout=600
+    )
+
+
 @pytest.fixture(scope='module')
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp('bossnas_hytra')
     data.write_synthetic_image_folder(root / 'data' / 'train', num_classes=4, per_class=12, size=40)
     out = root / 'run'
-    cmd = [sys.executable, '-m', 'search', 'bossnas', '--config', str(TINY), '--data-dir', str(root / 'data')]
-    proc = subprocess.run(
-        [*cmd, '--output', str(out)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600, check=False
-    )
+    proc = _run(root / 'data', out)
     if proc.returncode != 0:
         raise AssertionError(f'bossnas failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}')
     return out
@@ -161,6 +166,26 @@ def test_tiny_run_writes_the_greedy_chain_as_a_hytra_spec_that_builds(tiny_run: 
     for rank in (1, 2, 3):  # top<i>: the chain with the i-th best last-block path
         arch = json.loads((tiny_run / 'arch' / f'top{rank}.json').read_text())['search']['arch']
         assert tuple(arch[:12]) == space.encode(best)[:12] and arch[12:] == last[rank - 1]['path']
+
+
+def test_killed_run_resumes_to_the_same_greedy_chain_and_specs(tiny_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / 'killed'
+    proc = _run(tiny_run.parent / 'data', out, env={**ENV, engine.FAULT_ENV: '2'})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert torch.load(out / 'block0' / 'checkpoints' / 'last.pt', weights_only=True)['step'] == 2
+    assert not (out / 'arch').exists()
+    proc = _run(tiny_run.parent / 'data', out, '--resume')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for k in range(4):
+        want = torch.load(tiny_run / f'block{k}' / 'checkpoints' / 'last.pt', weights_only=True)['model']
+        got = torch.load(out / f'block{k}' / 'checkpoints' / 'last.pt', weights_only=True)['model']
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], rtol=0, atol=0, msg=key)
+        assert _rows(out, k) == _rows(tiny_run, k)
+    assert json.loads((out / 'bossnas.json').read_text()) == json.loads((tiny_run / 'bossnas.json').read_text())
+    for rank in (1, 2, 3):
+        a = json.loads((tiny_run / 'arch' / f'top{rank}.json').read_text())['spec']
+        assert json.loads((out / 'arch' / f'top{rank}.json').read_text())['spec'] == a
 
 
 def test_rated_paths_are_the_greedy_restriction(tiny_run: Path) -> None:
