@@ -104,6 +104,8 @@ def test_tiny_paths_are_bit_identical_to_their_zoo_networks(mode: str) -> None:
 def test_full_size_paths_are_bit_identical_to_their_zoo_networks() -> None:
     space = search.get_space('pinas')
     net = search.build_supernet(space, num_classes=10)
+    blocks = [c for s in range(4) for cands in net.get_submodule(f'layer{s + 1}') for c in cands]
+    assert len(blocks) == 64 and all(float(b.bn3.weight.detach().abs().sum()) == 0 for b in blocks)  # zero-init
     _perturb(net)
     x = torch.randn(2, 3, 64, 64)
     for arch, mode in zip(_archs(space, 2, seed=3), ('eval', 'train'), strict=True):
