@@ -103,6 +103,7 @@ __all__ = [
     'build',
     'official_flops',
     'official_flops_breakdown',
+    'resize_to',
     'validate_spec',
 ]
 
@@ -467,6 +468,14 @@ class MBConvBlock(nn.Module):
         return self.shortcut(x) + self.drop_path(self.conv(x))
 
 
+def resize_to(x: torch.Tensor, resolution: int) -> torch.Tensor:
+    """``x`` resized bicubically to ``resolution`` x ``resolution`` unless it has that size (the official model's
+    input resize to the active resolution; ``align_corners`` False as its ``F.interpolate`` default)."""
+    if x.shape[-2] != resolution or x.shape[-1] != resolution:
+        x = F.interpolate(x, size=(resolution, resolution), mode='bicubic', align_corners=False)
+    return x
+
+
 def _pool_side(resolution: int) -> int:
     return _token_sides(resolution)[-1]
 
@@ -627,10 +636,7 @@ class NASViT(nn.Module):
     def resize(self, x: torch.Tensor) -> torch.Tensor:
         """With ``resize_input``, the input resized bicubically to the spec's resolution (the official NASViT
         evaluation: 224 crops, resized inside the model, ``attentive_nas_dynamic_model.py`` forward); else ``x``."""
-        res = self.spec['resolution']
-        if self.resize_input and (x.shape[-2] != res or x.shape[-1] != res):
-            x = F.interpolate(x, size=(res, res), mode='bicubic', align_corners=False)
-        return x
+        return resize_to(x, self.spec['resolution']) if self.resize_input else x
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(Resize, see :meth:`resize`,) stem, the seven stages and the 1x1 expansion to 6C: a (B, num_features,
