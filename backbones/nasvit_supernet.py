@@ -165,14 +165,17 @@ class NASViTSupernet(nn.Module):
     def check_spec(self, spec: Any) -> dict:
         """``spec`` validated by the family and inside this supernet's choices (an error names the field)."""
         spec = nv.validate_spec(spec)
-        if spec['resolution'] not in self.choices['resolution']:
-            raise ValueError(
-                f'spec resolution {spec["resolution"]} is not among the supernet choices {self.choices["resolution"]}'
-            )
+        bad = (
+            []
+            if spec['resolution'] in self.choices['resolution']
+            else [f'resolution={spec["resolution"]} (choices {self.choices["resolution"]})']
+        )
         for field in FIELDS[1:]:
             for i, (value, allowed) in enumerate(zip(spec[field], self.choices[field], strict=True)):
                 if value not in allowed:
-                    raise ValueError(f'spec {field}[{i}] = {value} is not among the supernet choices {allowed}')
+                    bad.append(f'{field}[{i}]={value} (choices {allowed})')
+        if bad:
+            raise ValueError(f'spec is not a subnet of this supernet: {", ".join(bad)}')
         return spec
 
     def scale_slot(self, spec: dict, stage: int) -> tuple[int, ...]:
