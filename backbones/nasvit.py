@@ -44,8 +44,10 @@ Where paper and code disagree, this module follows the code (these reproduce the
 
 Decisions of this port (not in the official code):
 
-* no bicubic resize of the input to the subnet resolution inside ``forward``; the model takes its native size (the
-  spec's resolution), and the data config (``pretrained_cfg``) does the resizing;
+* the input is not resized to the subnet resolution inside ``forward`` unless ``resize_input=True`` (the official
+  protocol: 224 crops resized bicubically in the model), which is the default only for the authors' supernet weights
+  (``pretrained=True``, tag ``supernet_in1k``, not ``features_only``); otherwise the model takes its native size
+  (the spec's resolution) and the data config (``pretrained_cfg``) does the resizing (docs/nasvit.md);
 * relative offsets beyond +-17 tokens are clipped (Shaw et al. style), so inputs larger than 288 px also run; up to
   288 px (token grid <= 18) the bias is exactly the official one;
 * the shortcut pools with padding chosen per side (the official code looks at the width only; same for squares);

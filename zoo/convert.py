@@ -22,7 +22,9 @@ written from the official module definitions (commits in ``docs/convert.md``):
   layout (radix-major) is the same too. The map is the identity after dropping ``module.``. PyTorch-Encoding keeps
   no EMA, so ``use_ema`` is refused.
 * **NASViT** (the one released supernet checkpoint; ``'model'`` / ``'model_ema'``, ``'config'`` a yacs node): each
-  subnet is *sliced* from the dynamic supernet (:func:`slice_nasvit_supernet`, rule in its docstring). The official
+  subnet is *sliced* from the supernet: the official keys are mapped onto our supernet
+  (:class:`backbones.nasvit_supernet.NASViTSupernet`, :func:`nasvit_official_key`), whose ``path_state_dict`` is the
+  one implementation of the slicing rule (also the search supernet's; :func:`slice_nasvit_supernet`). The official
   evaluation always loads ``'model_ema'`` (``misc/utils.py``), so pass ``use_ema=True`` to get the weights behind
   the README accuracies, and recalibrate BatchNorm on training images before measuring accuracy, as the official
   evaluation does for every subnet (``post_bn_calibration_batch_num=64``): the supernet's running statistics are
