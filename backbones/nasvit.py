@@ -509,6 +509,7 @@ class NASViT(nn.Module):
         self.drop_rate = drop_rate
         self.drop_path_rate = drop_path_rate
         self.resize_input = bool(resize_input)
+        self.resolution: int = spec['resolution']
         self.grad_checkpointing = False
         width, depth = spec['width'], spec['depth']
 
@@ -638,7 +639,7 @@ class NASViT(nn.Module):
     def resize(self, x: torch.Tensor) -> torch.Tensor:
         """With ``resize_input``, the input resized bicubically to the spec's resolution (the official NASViT
         evaluation: 224 crops, resized inside the model, ``attentive_nas_dynamic_model.py`` forward); else ``x``."""
-        return resize_to(x, self.spec['resolution']) if self.resize_input else x
+        return resize_to(x, self.resolution) if self.resize_input else x
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(Resize, see :meth:`resize`,) stem, the seven stages and the 1x1 expansion to 6C: a (B, num_features,

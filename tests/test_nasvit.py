@@ -390,6 +390,7 @@ def test_resize_input_is_the_official_evaluation_path() -> None:
         assert official.forward_intermediates(x, intermediates_only=True)[0].shape[-1] == 192 // 4
         x192 = torch.randn(1, 3, 192, 192)  # at the spec's resolution nothing is resized
         assert torch.equal(official(x192), native(x192))
+        torch.testing.assert_close(torch.jit.script(official)(x), official(x))
     assert timm.data.resolve_data_config(model=official) == {
         'input_size': (3, 224, 224),
         'interpolation': 'bicubic',
