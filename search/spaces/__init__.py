@@ -46,6 +46,8 @@ SPACES: dict[str, str | Callable[..., Any]] = {
     'nats_size_tiny': 'search.spaces.nats:get_space',
     'pinas': 'search.spaces.resnest:get_space',
     'pinas_tiny': 'search.spaces.resnest:get_space',
+    'nasvit': 'search.spaces.nasvit:get_space',
+    'nasvit_tiny': 'search.spaces.nasvit:get_space',
 }
 
 
