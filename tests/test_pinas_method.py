@@ -338,3 +338,25 @@ def test_two_gloo_processes_equal_one_process_with_two_accumulation_steps(tiny_d
     ra = json.loads((ddp / 'search_result.json').read_text())['results']
     rb = json.loads((single / 'search_result.json').read_text())['results']
     assert [r['arch'] for r in ra] == [r['arch'] for r in rb]
+
+
+def test_a_probe_of_another_supernet_is_trained_again(tiny_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / 'copy'
+    shutil.copytree(tiny_run, out)
+    source = out / 'linear' / 'supernet.json'
+    recorded = json.loads(source.read_text())['supernet']
+    assert recorded.startswith('8-')  # step 8, then the digest of the supernet checkpoint
+    cfg = load_config(PiNASConfig, TINY, {'data_dir': str(tiny_data), 'output': str(out)})
+    ctx = engine.init_distributed('cpu')
+    before = weights(out / 'linear' / 'checkpoints' / 'last.pt')
+    (out / 'linear' / 'train_log.jsonl').write_text('{"step": 0, "marker": true}\n')
+    PiNAS(cfg).rater(ctx).rate()  # the same supernet: the finished probe is kept
+    assert 'marker' in (out / 'linear' / 'train_log.jsonl').read_text()
+    source.write_text(json.dumps({'supernet': '8-0000'}) + '\n')  # as if the supernet had been trained again
+    PiNAS(cfg).rater(ctx).rate()
+    assert json.loads(source.read_text())['supernet'] == recorded
+    log = (out / 'linear' / 'train_log.jsonl').read_text().splitlines()
+    assert len(log) == 8 and 'marker' not in log[0]  # trained from step 0 again in a new folder
+    assert_same_weights(weights(out / 'linear' / 'checkpoints' / 'last.pt'), before)  # same supernet, same probe

@@ -75,6 +75,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import shutil
 from collections.abc import Sequence
@@ -507,15 +508,25 @@ class LinearProbe:
         )
         self.supernet: ProbeModel | None = None
         self.num_classes = parent.num_classes
+        self._supernet_id: str | None = None
 
     def _folder(self) -> Any:
         return _eval_folder(str(Path(self.parent.data_dir) / 'train'), self.parent.img_size)
 
-    def supernet_step(self) -> int:
-        ckpt = pipeline.checkpoint_path(self.parent)
-        if not ckpt.is_file():
-            raise FileNotFoundError(f'no Pi-NAS supernet checkpoint {ckpt}: train it first (stage train)')
-        return int(engine.load_checkpoint(ckpt)['step'])
+    def supernet_id(self) -> str:
+        """``<step>-<digest of the checkpointed tensors>``: which supernet the probe and the ratings belong to (a
+        run started again with ``--overwrite`` to the same step is another supernet)."""
+        if self._supernet_id is None:
+            ckpt = pipeline.checkpoint_path(self.parent)
+            if not ckpt.is_file():
+                raise FileNotFoundError(f'no Pi-NAS supernet checkpoint {ckpt}: train it first (stage train)')
+            state = engine.load_checkpoint(ckpt)
+            digest = hashlib.sha1()
+            for name in sorted(state['model']):
+                digest.update(name.encode())
+                digest.update(state['model'][name].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+            self._supernet_id = f'{int(state["step"])}-{digest.hexdigest()[:16]}'
+        return self._supernet_id
 
     def build(self, ctx: engine.DistContext, split: dict | None = None) -> nn.Module:
         """The student supernet of the Pi-NAS checkpoint, frozen, and a new classifier (seeded)."""
@@ -560,20 +571,21 @@ class LinearProbe:
         """The probe keeps no EMA or queue."""
 
     def train(self, ctx: engine.DistContext) -> int:
-        """Train (or resume) the probe on the current supernet; a probe of an older supernet is started again.
+        """Train (or resume) the probe on the current supernet; a probe of another supernet is started again.
         Returns the probe's checkpoint step."""
         out, source = self.cfg.out, self.cfg.out / 'supernet.json'
-        step = self.supernet_step()
+        supernet = self.supernet_id()
         ckpt = pipeline.checkpoint_path(self.cfg)
         if ctx.is_main:
-            stale = source.is_file() and json.loads(source.read_text()).get('supernet_step') != step
+            stale = source.is_file() and json.loads(source.read_text()).get('supernet') != supernet
             if stale or (ckpt.is_file() and not source.is_file()):
+                print(f'{out}: the linear probe of another supernet is trained again')
                 shutil.rmtree(out)
             out.mkdir(parents=True, exist_ok=True)
             split_file = self.parent.out / 'holdout_split.json'
             if split_file.is_file():
                 shutil.copyfile(split_file, out / 'holdout_split.json')
-            source.write_text(json.dumps({'supernet_step': step}) + '\n')
+            source.write_text(json.dumps({'supernet': supernet}) + '\n')
         ctx.barrier()
         split = pipeline.holdout_split(self.cfg, ctx)
         total = len(split['train']) // self.cfg.batch_size * self.cfg.epochs
@@ -602,7 +614,7 @@ class LinearProbeRater(PathRater):
         if self._fingerprint is None:
             if self._linear_step is None:
                 self._linear_step = int(engine.load_checkpoint(pipeline.checkpoint_path(self.probe.cfg))['step'])
-            doc = {'supernet_step': self.probe.supernet_step(), 'linear_step': self._linear_step}
+            doc = {'supernet': self.probe.supernet_id(), 'linear_step': self._linear_step}
             doc.update({k: getattr(self.cfg, k) for k in self.keys})
             self._fingerprint = json.dumps(doc, sort_keys=True)
         return self._fingerprint
