@@ -28,11 +28,17 @@ network is exactly timm's ``resnest50d``.
 Spec (family ``resnest``, version 1)::
 
     {"family": "resnest", "version": 1, "choices": [3, 0, 1, 3, 2, 3, 1, 2, 0, 3, 2, 1, 3, 0, 3, 2]}
+
+Optional fields (absent = the paper's values; used by the reduced ``pinas_tiny`` search space, tests and CPU demos):
+``stem_width`` (32: deep stem 3 -> w -> w -> 2w), ``channels`` (bottleneck widths of the four stages, [64, 128, 256,
+512]; outputs are 4x) and ``layers`` (blocks per stage, [3, 4, 6, 3]); ``choices`` then has ``sum(layers)``
+entries. The catalog specs have none of them, so their models, parameter counts and state-dict keys are unchanged.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from typing import Any
 
 import torch.nn as nn
@@ -44,9 +50,19 @@ from timm.models.resnet import ResNet
 
 from ._builder import FamilyBuilder
 from ._pretrained import hub_id
-from ._spec import check_choice, check_header, check_list
+from ._spec import SpecError, check_choice, check_header, check_int, check_list
 
-__all__ = ['CANDIDATES', 'FAMILY', 'SPECS', 'SPEC_VERSION', 'ResNestNAS', 'build', 'validate_spec']
+__all__ = [
+    'CANDIDATES',
+    'DEFAULTS',
+    'FAMILY',
+    'SPECS',
+    'SPEC_VERSION',
+    'ResNestNAS',
+    'build',
+    'option',
+    'validate_spec',
+]
 
 FAMILY = 'resnest'
 SPEC_VERSION = 1
@@ -56,6 +72,11 @@ NUM_FEATURE_LEVELS = 5  # stem (stride 2) and the four stages (strides 4, 8, 16,
 
 # (radix, cardinality, base_width) of the four candidate blocks (paper section 4.1, official candidate_args).
 CANDIDATES: tuple[tuple[int, int, int], ...] = ((1, 1, 64), (2, 1, 64), (1, 2, 42), (2, 2, 40))
+#: optional spec fields and their values when absent (the paper's ResNeSt-50-D skeleton)
+DEFAULTS: dict[str, Any] = {'stem_width': 32, 'channels': [64, 128, 256, 512], 'layers': list(LAYERS)}
+MAX_STEM_WIDTH = 128  # 4x the official stem
+MAX_CHANNELS = 1024  # 2x the official widest stage
+MAX_LAYERS = 8  # blocks per stage
 
 
 def _spec(choices: str) -> dict:
@@ -71,10 +92,40 @@ SPECS: dict[str, dict] = {
 
 def validate_spec(spec: Any) -> dict:
     """Validate a ``resnest`` spec and return a normalised deep copy (raises :class:`SpecError`)."""
-    spec = check_header(spec, FAMILY, SPEC_VERSION, ('choices',))
-    choices = check_list(spec['choices'], 'choices', length=NUM_CHOICES)
+    optional = tuple(f for f in DEFAULTS if isinstance(spec, Mapping) and f in spec)
+    spec = check_header(spec, FAMILY, SPEC_VERSION, ('choices', *optional))
+    if 'stem_width' in spec:
+        check_int(spec['stem_width'], 'stem_width', minimum=1, maximum=MAX_STEM_WIDTH)
+    for name, high in (('channels', MAX_CHANNELS), ('layers', MAX_LAYERS)):
+        if name in spec:
+            values = check_list(spec[name], name, length=len(LAYERS))
+            spec[name] = [check_int(v, f'{name}[{i}]', minimum=1, maximum=high) for i, v in enumerate(values)]
+    for i, planes in enumerate(spec.get('channels', ())):
+        _check_group_widths(planes, f'channels[{i}]')
+    num_choices = sum(option(spec, 'layers'))
+    choices = check_list(spec['choices'], 'choices')
+    if len(choices) != num_choices:
+        why = '' if 'layers' not in spec else f' (the sum of layers {spec["layers"]})'
+        raise SpecError(f"spec field 'choices': expected {num_choices} entries{why}, got {len(choices)}")
     spec['choices'] = [check_choice(c, range(len(CANDIDATES)), f'choices[{i}]') for i, c in enumerate(choices)]
     return spec
+
+
+def _check_group_widths(planes: int, field: str) -> None:
+    """Every candidate's group width ``int(planes * width / 64) * cardinality`` must be positive and split into its
+    ``cardinality * radix`` conv groups (the 3x3 split-attention conv), or the block cannot be built."""
+    for idx, (radix, cardinality, base_width) in enumerate(CANDIDATES):
+        group_width = int(planes * base_width / 64) * cardinality
+        if group_width < 1 or group_width % (cardinality * radix):
+            raise SpecError(
+                f'spec field {field!r}: {planes} gives candidate {idx} ({radix}s{cardinality}x{base_width}d) the group '
+                f'width {group_width}, which is not a positive multiple of its {cardinality * radix} conv groups'
+            )
+
+
+def option(spec: dict, field: str) -> Any:
+    """An optional field of a validated spec, or its default."""
+    return spec.get(field, DEFAULTS[field])
 
 
 class _ChosenBlock:
@@ -123,13 +174,15 @@ class ResNestNAS(ResNet):
 
     def __init__(self, spec: dict, **kwargs: Any) -> None:
         spec = validate_spec(spec)
-        bounds = [sum(LAYERS[:i]) for i in range(len(LAYERS) + 1)]
+        layers = tuple(option(spec, 'layers'))
+        bounds = [sum(layers[:i]) for i in range(len(layers) + 1)]
         blocks = tuple(_ChosenBlock(spec['choices'][a:b]) for a, b in itertools.pairwise(bounds))
         super().__init__(
             block=blocks,
-            layers=LAYERS,
+            layers=layers,
             stem_type='deep',
-            stem_width=32,
+            stem_width=option(spec, 'stem_width'),
+            channels=tuple(option(spec, 'channels')),
             avg_down=True,
             block_args=dict(avd=True, avd_first=False),
             **kwargs,

@@ -21,6 +21,13 @@ to 3.4); official code github.com/megvii-model/SinglePathOneShot (``src/Supernet
   ``search/evolution-<fingerprint>/``; ``searcher: random`` (:class:`RandomSearch`) keeps the best ``top_k`` of
   ``search_samples`` distinct uniform draws under the budget, the protocol of the inter-choice paper.
 
+FairNAS sampling (``sampling: fair``; Chu et al., arXiv 1907.01845, strict fairness) as the Pi-NAS code runs its
+FairNAS baseline (official ``OpenSelfSup/openselfsup/models/super_classification.py``, ``fairnas=True``): every
+``m`` steps (``m`` = options per decision) each decision's options are put in a fresh random order, and step ``t``
+trains the ``t mod m``-th path of that permutation, so every option of every decision is trained exactly once per
+``m`` steps. One optimizer step per path, as that code does; the FairNAS paper instead accumulates the ``m`` paths'
+gradients into one step. Spaces whose decisions have unequal option counts refuse it.
+
 Works on any space of the registry whose supernet has a classifier head (``build_supernet(num_classes=...)``,
 ``supernet(x, arch)`` gives logits): the DNA MBConv spaces and the FairNAS-style ``fairnas`` space.
 
@@ -60,6 +67,7 @@ __all__ = ['SPOS', 'EvolutionSearch', 'PathRater', 'RandomSearch', 'SPOSConfig']
 SCHEDULES = ('linear', 'cosine')
 RECALIBRATIONS = ('reset', 'momentum')
 SEARCHERS = ('evolution', 'random')
+SAMPLINGS = ('uniform', 'fair')
 
 
 @dataclass
@@ -91,6 +99,7 @@ class SPOSConfig(SearchConfig):
     evolution: dict = field(default_factory=dict)  # EvolutionConfig fields; defaults: SPOS's (population 50, ...)
     search_samples: int = 1000  # searcher 'random' only
     interchoice: dict | None = None  # inter-choice dependent weights, e.g. {variant: bias, depth: 1} (module docstring)
+    sampling: str = 'uniform'  # 'uniform' (SPOS) or 'fair' (FairNAS as the Pi-NAS code runs it; module docstring)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -100,6 +109,8 @@ class SPOSConfig(SearchConfig):
             raise ConfigError(f'recalibration {self.recalibration!r}: expected one of {", ".join(RECALIBRATIONS)}')
         if self.searcher not in SEARCHERS:
             raise ConfigError(f'searcher {self.searcher!r}: expected one of {", ".join(SEARCHERS)}')
+        if self.sampling not in SAMPLINGS:
+            raise ConfigError(f'sampling {self.sampling!r}: expected one of {", ".join(SAMPLINGS)}')
         self.evolution_config()  # fails early, naming the key
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f'label_smoothing must be in [0, 1), got {self.label_smoothing}')
@@ -111,6 +122,12 @@ class SPOSConfig(SearchConfig):
         except (KeyError, ValueError, TypeError) as err:
             reason = err.args[0] if isinstance(err, KeyError) else err
             raise ConfigError(f'space {self.space!r} with space_options {self.space_options}: {reason}') from None
+        counts = {len(space.allowed(i)) for i in range(len(space.num_choices))}
+        if self.sampling == 'fair' and len(counts) != 1:
+            raise ConfigError(
+                f"sampling 'fair' needs the same number of options at every decision; space {self.space!r} has "
+                f'{sorted(counts)}'
+            )
         options = interchoice_lib.parse_options(self.interchoice)
         if options is not None:
             if not getattr(space, 'supports_interchoice', False):
@@ -219,8 +236,18 @@ class SPOS:
 
     # -- one step ---------------------------------------------------------------------------------------------------
     def sample_paths(self, step: int) -> list[Arch]:
-        """One uniformly drawn path per step, a pure function of (seed, step): the same on every rank."""
-        return [self.space.sample(engine.generator(self.cfg.seed, 'path', step))]
+        """One path per step, a pure function of (seed, step): the same on every rank. ``uniform``: drawn uniformly;
+        ``fair``: the ``step mod m``-th path of the permutations drawn for steps ``[m * (step // m), ...)``."""
+        if self.cfg.sampling == 'uniform':
+            return [self.space.sample(engine.generator(self.cfg.seed, 'path', step))]
+        space = self.space
+        m = len(space.allowed(0))
+        g = engine.generator(self.cfg.seed, 'fair-paths', step // m)
+        orders = [
+            [space.allowed(i)[k] for k in torch.randperm(m, generator=g).tolist()]
+            for i in range(len(space.num_choices))
+        ]
+        return [space.canonical([order[step % m] for order in orders])]
 
     def train_step(
         self, images: torch.Tensor, labels: torch.Tensor, paths: list[Arch], ctx: StepContext
@@ -244,7 +271,7 @@ class SPOS:
         return EvolutionSearch(self.cfg.evolution_config(), self.cfg.out / 'search')
 
     def provenance(self) -> dict:
-        return {'searcher': self.cfg.searcher, 'score_name': 'minus held-out top-1 (%)'}
+        return {'searcher': self.cfg.searcher, 'sampling': self.cfg.sampling, 'score_name': 'minus held-out top-1 (%)'}
 
 
 class _OnePath(nn.Module):

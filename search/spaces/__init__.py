@@ -44,6 +44,8 @@ SPACES: dict[str, str | Callable[..., Any]] = {
     'nb201_tiny': 'search.spaces.nb201:get_space',
     'nats_size': 'search.spaces.nats:get_space',
     'nats_size_tiny': 'search.spaces.nats:get_space',
+    'pinas': 'search.spaces.resnest:get_space',
+    'pinas_tiny': 'search.spaces.resnest:get_space',
 }
 
 
