@@ -24,7 +24,8 @@ from search.methods.pinas import (
     path_parameter_names,
     sample_path_pair,
 )
-from search.spaces import SPACES, get_space
+from search.protocols import StepContext
+from search.spaces import get_space
 from tests._helpers import ENV, ROOT, assert_same_params, assert_same_weights, run_search, torchrun, weights
 
 TINY = ROOT / 'configs/search/pinas_tiny.yaml'
@@ -108,15 +109,17 @@ def test_path_parameters_are_those_the_emitted_network_inherits() -> None:
     assert set(names) < all_names
 
 
-def test_teacher_moves_by_the_ema_only_on_the_active_paths() -> None:
-    method = _method()
+@pytest.mark.parametrize('space', ['pinas_tiny', 'nb201_tiny'])
+def test_teacher_moves_by_the_ema_only_on_the_active_paths(space: str) -> None:
+    """Also on the ResNeSt space, whose stage shortcut is one module shared by the four candidates."""
+    method = _method(space=space)
     runner, lam = method.runner, method.cfg.ema_momentum
     with torch.no_grad():
         for p in runner.student.parameters():
             p.add_(torch.randn_like(p))  # student != teacher
     before = {n: p.clone() for n, p in runner.teacher.named_parameters()}
     student = {n: p.clone() for n, p in runner.student.named_parameters()}
-    path_i, path_j = (2, 3, 4, 1, 2, 3), (3, 2, 1, 4, 3, 2)
+    path_i, path_j = method.sample_paths(0)
     method.update_teacher([path_i, path_j])
     on_i, on_j = set(method._names(path_i)), set(method._names(path_j))
     moved = untouched = 0
@@ -187,12 +190,15 @@ def test_without_negatives_there_is_no_queue() -> None:
 
 
 def test_shuffle_bn_changes_the_keys_but_not_their_order() -> None:
-    runner = _method().runner.train()
+    method = _method()
+    runner = method.runner.train()
     x = torch.randn(8, 3, 32, 32)
-    arch = (2, 3, 2, 3, 2, 3)
+    arch = method.sample_paths(0)[0]
     ident = runner.keys(x, arch, torch.arange(8))
     shuffled = runner.keys(x, arch, torch.tensor([7, 0, 5, 2, 4, 1, 6, 3]))
     assert not torch.allclose(ident, shuffled)  # other images share the key's BN group
+    with pytest.raises(ValueError, match='shuffle_bn_groups 2: a micro-batch of 3 images'):
+        runner.keys(x[:3], arch, torch.arange(3))
     runner.groups = 1
     torch.testing.assert_close(
         runner.keys(x, arch, torch.tensor([7, 0, 5, 2, 4, 1, 6, 3])), runner.keys(x, arch, torch.arange(8))
@@ -233,7 +239,7 @@ def test_bad_config_value_fails_in_one_line_on_the_command_line(tiny_data: Path,
 
 
 def test_full_size_config_has_the_official_values() -> None:
-    cfg = load_config(PiNASConfig, FULL, {'space': 'fairnas'} if 'pinas' not in SPACES else {})
+    cfg = load_config(PiNASConfig, FULL, {})
     assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay) == (100, 192, 0.03, 0.9, 1e-4)
     assert (cfg.ema_momentum, cfg.temperature, cfg.queue_size, cfg.feat_dim) == (0.999, 0.2, 49152, 128)
     assert (cfg.teacher, cfg.cross_path, cfg.negatives, cfg.path_pairs) == ('path_ema', True, True, 'disjoint')
@@ -247,21 +253,23 @@ def test_full_size_config_has_the_official_values() -> None:
     assert (cfg.holdout_per_class, cfg.calib_images, cfg.rating_images) == (50, 50000, 50000)
 
 
-@pytest.mark.skipif('pinas' not in SPACES, reason='the ResNeSt space (search/spaces/resnest.py) is not merged yet')
 def test_full_size_supernet_builds_on_meta_and_steps_at_batch_two_on_cpu() -> None:
-    cfg = load_config(PiNASConfig, FULL, {})
+    cfg = load_config(PiNASConfig, FULL, {'shuffle_bn_groups': 1, 'device': 'cpu'})  # 2 images: one BN group
     method = PiNAS(cfg)
     with torch.device('meta'):
-        runner = method.space.build_supernet(num_classes=0)
-    assert sum(p.numel() for p in runner.parameters()) > 50e6
-    ctx = engine.init_distributed('cpu')
-    method.build(ctx)
-    assert method.runner.student.neck[0].in_features == 2048 and method.runner.student.neck[2].out_features == 128
+        supernet = method.space.build_supernet(num_classes=0)
+    assert sum(p.numel() for p in supernet.parameters()) > 80e6 and supernet.num_features == 2048
+    method.build(engine.init_distributed('cpu'))
+    neck = method.runner.student.neck
+    assert (neck[0].in_features, neck[0].out_features, neck[2].out_features) == (2048, 2048, 128)
+    assert method.runner.queue.shape == (49152, 128)
+    opt, _, _ = method.optimizer(1)
     views = [torch.randn(2, 3, 224, 224) for _ in range(4)]
-    paths = method.sample_paths(0)
-    loss, keys = method.runner(views, *paths, [torch.arange(2), torch.arange(2)])
-    loss.backward()
-    assert torch.isfinite(loss) and keys.shape == (2, 128)
+    step = StepContext(0, 0, 0, 1, method.runner, torch.device('cpu'), lambda loss: loss.backward())
+    parts = method.train_step(views, torch.zeros(2, dtype=torch.long), method.sample_paths(0), step)
+    opt.step()
+    method.after_step(0)
+    assert torch.isfinite(parts['loss_contrastive']) and int(method.runner.queue_ptr) == 2
 
 
 # -- end to end ------------------------------------------------------------------------------------------------------
@@ -272,8 +280,8 @@ def test_tiny_run_writes_a_spec_that_the_zoo_builds(tiny_run: Path) -> None:
     assert prov['ablation'] == {'cross_path': True, 'teacher': 'path_ema', 'negatives': True}
     model = zoo.create_model(spec, num_classes=4).eval()
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 4)
-    space = get_space('nb201_tiny')
-    assert space.to_spec(tuple(prov['arch'])) == spec
+    space = get_space('pinas_tiny')
+    assert spec['family'] == 'resnest' and space.to_spec(tuple(prov['arch'])) == spec
     rows = [json.loads(x) for x in (tiny_run / 'ratings' / 'paths.jsonl').read_text().splitlines()]
     assert len(rows) >= 8 and prov['top1'] == max(r['top1'] for r in rows)
     state = weights(tiny_run / 'checkpoints' / 'last.pt')

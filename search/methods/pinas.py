@@ -320,6 +320,11 @@ class PiNASRunner(nn.Module):
     @torch.no_grad()
     def keys(self, x: torch.Tensor, arch: Arch, perm: torch.Tensor) -> torch.Tensor:
         """Teacher embeddings with shuffle BN: permuted, forwarded in ``groups`` groups, restored to order."""
+        if self.training and len(x) < 2 * self.groups:
+            raise ValueError(
+                f'shuffle_bn_groups {self.groups}: a micro-batch of {len(x)} images leaves BN groups of one image '
+                f'(at least {2 * self.groups} images per micro-batch, or fewer groups)'
+            )
         parts = torch.chunk(x[perm.to(x.device)], self.groups)
         out = torch.cat([self.teacher(p, arch) for p in parts])
         return out[torch.argsort(perm).to(x.device)]
