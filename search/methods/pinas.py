@@ -259,10 +259,13 @@ def sample_path_pair(space: Any, generator: torch.Generator, mode: str = 'disjoi
     return space.canonical(first), space.canonical(second)
 
 
-def path_parameter_names(supernet: nn.Module, arch: Arch) -> list[str]:
-    """Names of the supernet parameters on path ``arch``: those behind ``path_state_dict(arch)`` (same storage)."""
-    ptrs = {t.data_ptr() for t in supernet.path_state_dict(arch).values()}
-    return [n for n, p in supernet.named_parameters() if p.data_ptr() in ptrs]
+def path_parameter_names(supernet: nn.Module, arch: Arch, by_ptr: dict[int, str] | None = None) -> list[str]:
+    """Names of the supernet parameters on path ``arch``: those behind ``path_state_dict(arch)`` (same storage);
+    ``by_ptr`` (data pointer -> parameter name) may be passed in to save a traversal."""
+    if by_ptr is None:
+        by_ptr = {p.data_ptr(): n for n, p in supernet.named_parameters()}
+    names = {by_ptr[t.data_ptr()] for t in supernet.path_state_dict(arch).values() if t.data_ptr() in by_ptr}
+    return [n for n in by_ptr.values() if n in names]
 
 
 def _any_path(space: Any) -> Arch:
@@ -310,6 +313,7 @@ class PiNASRunner(nn.Module):
         self.student = Branch(supernet, feature_width, cfg.neck_hidden or feature_width, cfg.feat_dim)
         self.teacher = copy.deepcopy(self.student).requires_grad_(False)
         self.temperature, self.groups = cfg.temperature, cfg.shuffle_bn_groups
+        self._params: tuple[dict, dict] | None = None
         if cfg.negatives:
             g = engine.generator(cfg.seed, 'pinas-queue')
             self.register_buffer('queue', F.normalize(torch.randn(cfg.queue_size, cfg.feat_dim, generator=g), dim=1))
@@ -339,12 +343,22 @@ class PiNASRunner(nn.Module):
         loss = cross_path_loss(q_i, k_j, q_j, k_i, self.queue, self.temperature)
         return loss, (k_i + k_j) / 2
 
+    def pairs(self, names: Sequence[str] | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(teacher, student) parameters of the given names (all when ``None``), in the same order."""
+        if self._params is None:  # the module tree never changes: one traversal
+            self._params = dict(self.student.named_parameters()), dict(self.teacher.named_parameters())
+        student, teacher = self._params
+        names = list(student) if names is None else names
+        return [teacher[n] for n in names], [student[n] for n in names]
+
     @torch.no_grad()
-    def ema(self, momentum: float, names: Sequence[str] | None = None) -> None:
-        """``teacher = m teacher + (1 - m) student`` on the named student parameters (all when ``None``)."""
-        student, teacher = dict(self.student.named_parameters()), dict(self.teacher.named_parameters())
-        for name in student if names is None else names:
-            teacher[name].mul_(momentum).add_(student[name].detach(), alpha=1.0 - momentum)
+    def ema(self, momentum: float, names: Sequence[str] | None = None, pairs: tuple[list, list] | None = None) -> None:
+        """``teacher = m teacher + (1 - m) student`` on the named parameters (all when ``None``; ``pairs``: the
+        tensors of :meth:`pairs`, cached by the caller), in one fused ``foreach`` update."""
+        teacher, student = pairs if pairs is not None else self.pairs(names)
+        if teacher:
+            torch._foreach_mul_(teacher, momentum)
+            torch._foreach_add_(teacher, [p.detach() for p in student], alpha=1.0 - momentum)
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
@@ -373,10 +387,13 @@ class PiNAS:
         self.ctx: engine.DistContext | None = None
         self._pending: list[torch.Tensor] = []
         self._path_names: dict[Arch, list[str]] = {}
+        self._path_pairs: dict[Arch | None, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        self._by_ptr: dict[int, str] | None = None
 
     def build(self, ctx: engine.DistContext, split: dict | None = None) -> nn.Module:
         """Student supernet + neck (seeded), the teacher as its copy, the queue."""
         self.ctx = ctx
+        self._path_names, self._path_pairs, self._by_ptr = {}, {}, None
         torch.manual_seed(engine.derive_seed(self.cfg.seed, 'supernet-init'))
         supernet = self.space.build_supernet(num_classes=0).to(ctx.device)
         width = _feature_width(supernet, _any_path(self.space), self.cfg.img_size)
@@ -413,21 +430,32 @@ class PiNAS:
         return list(sample_path_pair(self.space, g, self.cfg.path_pairs))
 
     def _names(self, arch: Arch) -> list[str]:
+        """Student / teacher parameter names of path ``arch``: its supernet parameters and the neck (cached)."""
         if arch not in self._path_names:
-            names = path_parameter_names(self.runner.student.supernet, arch)
+            if len(self._path_names) > 4096:
+                self._path_names.clear()
+            supernet = self.runner.student.supernet
+            if self._by_ptr is None:
+                self._by_ptr = {p.data_ptr(): n for n, p in supernet.named_parameters()}
+            names = path_parameter_names(supernet, arch, self._by_ptr)
             neck = [n for n, _ in self.runner.student.neck.named_parameters()]
             self._path_names[arch] = [f'supernet.{n}' for n in names] + [f'neck.{n}' for n in neck]
         return self._path_names[arch]
+
+    def _pairs(self, arch: Arch | None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        if arch not in self._path_pairs:  # a few paths recur (small spaces); the cache is dropped when it grows
+            if len(self._path_pairs) > 256:
+                self._path_pairs.clear()
+            self._path_pairs[arch] = self.runner.pairs(None if arch is None else self._names(arch))
+        return self._path_pairs[arch]
 
     def update_teacher(self, paths: Sequence[Arch]) -> None:
         """The teacher before this step's keys (module docstring: ``path_ema``, ``full_ema`` or ``student``)."""
         if self.cfg.teacher == 'path_ema':
             for path in paths:
-                self.runner.ema(self.cfg.ema_momentum, self._names(tuple(path)))
-        elif self.cfg.teacher == 'full_ema':
-            self.runner.ema(self.cfg.ema_momentum)
+                self.runner.ema(self.cfg.ema_momentum, pairs=self._pairs(tuple(path)))
         else:
-            self.runner.ema(0.0)
+            self.runner.ema(self.cfg.ema_momentum if self.cfg.teacher == 'full_ema' else 0.0, pairs=self._pairs(None))
 
     def _chunk(self, micro_step: int) -> int:
         rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
