@@ -118,6 +118,7 @@ OFFICIAL_VIEW_AUG = {
     'color_jitter_prob': 0.8,
     'grayscale_prob': 0.2,
     'gaussian_blur_prob': 0.5,
+    'interpolation': 'bilinear',  # torchvision's RandomResizedCrop default (timm's is 'random')
 }
 
 
@@ -144,7 +145,7 @@ class PiNASConfig(SearchConfig):
     cross_path: bool = True
     teacher: str = 'path_ema'
     negatives: bool = True
-    shuffle_bn_groups: int = 2
+    shuffle_bn_groups: int = 8  # 8 teacher BN groups of 24 at batch 192: the official per-GPU BN batch
     view_aug: dict = field(default_factory=lambda: dict(OFFICIAL_VIEW_AUG))
     linear_epochs: int = 100
     linear_batch_size: int = 256
@@ -153,7 +154,7 @@ class PiNASConfig(SearchConfig):
     linear_weight_decay: float = 0.0
     linear_milestones: list[int] = field(default_factory=lambda: [60, 80])
     linear_gamma: float = 0.1
-    linear_aug: dict = field(default_factory=lambda: {'color_jitter': None})
+    linear_aug: dict = field(default_factory=lambda: {'color_jitter': None, 'interpolation': 'bilinear'})
     calib_images: int = 50000  # section 4.1: "a further 50k images" of the training set
     rating_images: int = 50000  # the 50-a-class held-out split
     rating_batch: int = 128
