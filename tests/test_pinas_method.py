@@ -368,3 +368,12 @@ def test_a_probe_of_another_supernet_is_trained_again(tiny_run: Path, tiny_data:
     log = (out / 'linear' / 'train_log.jsonl').read_text().splitlines()
     assert len(log) == 8 and 'marker' not in log[0]  # trained from step 0 again in a new folder
     assert_same_weights(weights(out / 'linear' / 'checkpoints' / 'last.pt'), before)  # same supernet, same probe
+
+
+def test_step_overhead_benchmark_times_every_part() -> None:
+    """tools/bench_search.py --mode pinas on the tiny config (no timing asserted: numbers live in benchmarks/)."""
+    from search.bench_pinas import PARTS, pinas_step_overhead
+
+    result = pinas_step_overhead(epochs=2, per_class=8)
+    assert set(result['parts_s']) == set(PARTS) and all(v >= 0 for v in result['parts_s'].values())
+    assert result['steps'] == 4 and result['sum_of_parts_s'] > 0 and math.isfinite(result['overhead'])
