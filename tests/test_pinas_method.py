@@ -348,7 +348,9 @@ def test_two_gloo_processes_equal_one_process_with_two_accumulation_steps(tiny_d
     assert [r['arch'] for r in ra] == [r['arch'] for r in rb]
 
 
-def test_a_probe_of_another_supernet_is_trained_again(tiny_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+def test_a_probe_of_another_supernet_or_options_is_trained_again(
+    tiny_run: Path, tiny_data: Path, tmp_path: Path
+) -> None:
     import shutil
 
     out = tmp_path / 'copy'
@@ -362,12 +364,18 @@ def test_a_probe_of_another_supernet_is_trained_again(tiny_run: Path, tiny_data:
     (out / 'linear' / 'train_log.jsonl').write_text('{"step": 0, "marker": true}\n')
     PiNAS(cfg).rater(ctx).rate()  # the same supernet: the finished probe is kept
     assert 'marker' in (out / 'linear' / 'train_log.jsonl').read_text()
-    source.write_text(json.dumps({'supernet': '8-0000'}) + '\n')  # as if the supernet had been trained again
+    doc = json.loads(source.read_text())
+    source.write_text(json.dumps({**doc, 'supernet': '8-0000'}) + '\n')  # as if the supernet had been trained again
     PiNAS(cfg).rater(ctx).rate()
     assert json.loads(source.read_text())['supernet'] == recorded
     log = (out / 'linear' / 'train_log.jsonl').read_text().splitlines()
     assert len(log) == 8 and 'marker' not in log[0]  # trained from step 0 again in a new folder
     assert_same_weights(weights(out / 'linear' / 'checkpoints' / 'last.pt'), before)  # same supernet, same probe
+    other = load_config(PiNASConfig, TINY, {'data_dir': str(tiny_data), 'output': str(out), 'linear_lr': 0.05})
+    PiNAS(other).rater(ctx).rate()  # another probe option: trained again, to other weights
+    assert json.loads(source.read_text())['options']['linear_lr'] == 0.05
+    changed = weights(out / 'linear' / 'checkpoints' / 'last.pt')
+    assert not torch.equal(changed['classifier.weight'], before['classifier.weight'])
 
 
 def test_step_overhead_benchmark_times_every_part() -> None:

@@ -110,6 +110,9 @@ __all__ = [
 TEACHERS = ('path_ema', 'full_ema', 'student')
 PATH_PAIRS = ('disjoint', 'independent')
 RECALIBRATIONS = ('reset', 'momentum')
+#: What the linear probe depends on besides the supernet: a change trains it again.
+PROBE_KEYS = ('seed', 'img_size', 'num_classes', 'linear_epochs', 'linear_batch_size', 'linear_lr')
+PROBE_KEYS += ('linear_momentum', 'linear_weight_decay', 'linear_milestones', 'linear_gamma', 'linear_aug')
 
 #: The official SimCLR-style views (``pinas_learning.py``), as timm ``create_transform`` options.
 OFFICIAL_VIEW_AUG = {
@@ -605,21 +608,22 @@ class LinearProbe:
         """The probe keeps no EMA or queue."""
 
     def train(self, ctx: engine.DistContext) -> int:
-        """Train (or resume) the probe on the current supernet; a probe of another supernet is started again.
+        """Train (or resume) the probe on the current supernet; a probe of another supernet or with other
+        ``PROBE_KEYS`` options is started again.
         Returns the probe's checkpoint step."""
         out, source = self.cfg.out, self.cfg.out / 'supernet.json'
-        supernet = self.supernet_id()
+        record = {'supernet': self.supernet_id(), 'options': {k: getattr(self.parent, k) for k in PROBE_KEYS}}
         ckpt = pipeline.checkpoint_path(self.cfg)
         if ctx.is_main:
-            stale = source.is_file() and json.loads(source.read_text()).get('supernet') != supernet
+            stale = source.is_file() and json.loads(source.read_text()) != record
             if stale or (ckpt.is_file() and not source.is_file()):
-                print(f'{out}: the linear probe of another supernet is trained again')
+                print(f'{out}: a linear probe of another supernet or other probe options: trained again')
                 shutil.rmtree(out)
             out.mkdir(parents=True, exist_ok=True)
             split_file = self.parent.out / 'holdout_split.json'
             if split_file.is_file():
                 shutil.copyfile(split_file, out / 'holdout_split.json')
-            source.write_text(json.dumps({'supernet': supernet}) + '\n')
+            source.write_text(json.dumps(record) + '\n')
         ctx.barrier()
         split = pipeline.holdout_split(self.cfg, ctx)
         total = len(split['train']) // self.cfg.batch_size * self.cfg.epochs
@@ -633,8 +637,8 @@ class LinearProbeRater(PathRater):
     (score ``-top1``, lower is better), cached by a fingerprint of both checkpoints and the rating options.
     ``rate()`` first trains the probe (all ranks; resumes, or reuses a finished one)."""
 
-    keys = ('space', 'space_options', 'img_size', 'seed', 'holdout_per_class', 'calib_images', 'rating_images')
-    keys += ('recalibration', 'linear_epochs', 'linear_batch_size', 'linear_lr', 'linear_aug')
+    keys = ('space', 'space_options', 'holdout_per_class', 'calib_images', 'rating_images', 'recalibration')
+    keys += PROBE_KEYS
 
     def __init__(self, probe: LinearProbe, ctx: engine.DistContext) -> None:
         self.probe = probe
