@@ -502,7 +502,9 @@ class PiNAS:
     def searcher(self, device: torch.device | None = None) -> EvolutionSearch | RandomSearch:
         if self.cfg.searcher == 'random':
             return RandomSearch(self.cfg.search_samples, self.cfg.seed)
-        return EvolutionSearch(self.cfg.evolution_config(), self.cfg.out / 'search')
+        if self.cfg.searcher == 'evolution':
+            return EvolutionSearch(self.cfg.evolution_config(), self.cfg.out / 'search')
+        raise NotImplementedError(f'pinas: searcher {self.cfg.searcher!r} is not wired into this method yet')
 
     def provenance(self) -> dict:
         cfg = self.cfg
