@@ -385,3 +385,14 @@ def test_step_overhead_benchmark_times_every_part() -> None:
     result = pinas_step_overhead(epochs=2, per_class=8)
     assert set(result['parts_s']) == set(PARTS) and all(v >= 0 for v in result['parts_s'].values())
     assert result['steps'] == 4 and result['sum_of_parts_s'] > 0 and math.isfinite(result['overhead'])
+
+
+@pytest.mark.parametrize(('space', 'family'), [('fairnas_tiny', 'mbconv'), ('nb201_tiny', 'nb201')])
+def test_the_whole_pipeline_runs_on_other_single_path_spaces(
+    space: str, family: str, tiny_data: Path, tmp_path: Path
+) -> None:
+    out = str(tmp_path / space)
+    cfg = _cfg(space=space, data_dir=str(tiny_data), output=out, epochs=1, linear_epochs=1, linear_milestones=[])
+    found = engine.run('pinas', cfg, ctx=engine.init_distributed('cpu'))
+    assert found[0]['spec']['family'] == family and found[0]['method'] == 'pinas'
+    zoo.create_model(found[0]['spec'], num_classes=4)
