@@ -396,3 +396,19 @@ def test_the_whole_pipeline_runs_on_other_single_path_spaces(
     found = engine.run('pinas', cfg, ctx=engine.init_distributed('cpu'))
     assert found[0]['spec']['family'] == family and found[0]['method'] == 'pinas'
     zoo.create_model(found[0]['spec'], num_classes=4)
+
+
+def test_search_under_a_flops_budget_on_the_trained_supernet(tiny_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / 'budget'
+    shutil.copytree(tiny_run, out)
+    shutil.rmtree(out / 'search')  # the evolution state is keyed by the rating, not the budget: a new search
+    space = get_space('pinas_tiny', img_size=32)
+    low, high = (space.cost(a, 'flops') for a in space.extremes())
+    budget = low + 0.3 * (high - low)
+    cfg = _cfg(data_dir=str(tiny_data), output=str(out), budget=budget, metric='flops')
+    found = engine.run('pinas', cfg, stages=('search',), ctx=engine.init_distributed('cpu'))
+    assert len(found) == 3 and all(f['cost'] <= budget for f in found)
+    assert all(space.cost(tuple(f['arch']), 'flops') <= budget for f in found)
+    assert json.loads((out / 'arch' / 'top1.json').read_text())['search']['budget'] == budget
