@@ -104,6 +104,8 @@ def test_tiny_paths_are_bit_identical_to_their_zoo_networks(mode: str) -> None:
 def test_full_size_paths_are_bit_identical_to_their_zoo_networks() -> None:
     space = search.get_space('pinas')
     net = search.build_supernet(space, num_classes=10)
+    blocks = [c for s in range(4) for cands in net.get_submodule(f'layer{s + 1}') for c in cands]
+    assert len(blocks) == 64 and all(float(b.bn3.weight.detach().abs().sum()) == 0 for b in blocks)  # zero-init
     _perturb(net)
     x = torch.randn(2, 3, 64, 64)
     for arch, mode in zip(_archs(space, 2, seed=3), ('eval', 'train'), strict=True):
@@ -273,3 +275,24 @@ def test_full_size_supernet_builds_on_meta() -> None:
     assert isinstance(net, ResNeStSupernet) and out.shape == (2, 1000)
     assert count_params(net) == 93_571_388
     assert net.path_state_dict((0,) * 16).keys() == timm.create_model('resnest_nas').state_dict().keys()
+
+
+def test_without_downsample_sharing_each_candidate_keeps_its_shortcut() -> None:
+    """Table 7's "w/o DS": four shortcuts per stage, paths still the zoo networks, costs of a path unchanged."""
+    shared, own = search.get_space('pinas_tiny'), search.get_space('pinas_tiny', share_downsample=False)
+    net = search.build_supernet(own, num_classes=5)
+    first = net.layer2[0]
+    assert len({id(c.downsample) for c in first}) == 4
+    extra = 3 * sum(count_params(net.get_submodule(f'layer{s}')[0][0].downsample) for s in (1, 2, 3, 4))
+    assert count_params(net) == count_params(search.build_supernet(shared, num_classes=5)) + extra
+    _perturb(net)
+    net.eval()
+    x = torch.randn(2, 3, 32, 32)
+    for arch in _archs(own, 3):
+        model = zoo.create_model(own.to_spec(arch), num_classes=5).eval()
+        model.load_state_dict(net.path_state_dict(arch), strict=True)
+        with torch.no_grad():
+            assert torch.equal(model(x), net(x, arch))
+        assert own.cost(arch, 'params') == shared.cost(arch, 'params') and own.to_spec(arch) == shared.to_spec(arch)
+    with pytest.raises(ValueError, match='share_downsample must be true or false'):
+        search.get_space('pinas_tiny', share_downsample='no')

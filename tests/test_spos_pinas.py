@@ -3,6 +3,7 @@ end to end through ``python -m search spos``, and the full-size configs (officia
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import zoo
 from search.config import ConfigError, load_config
 from search.methods.spos import SPOS, SPOSConfig
 from search.protocols import StepContext
-from tests._helpers import ROOT, check_spos_found, run_spos
+from tests._helpers import ROOT, assert_same_params, check_spos_found, run_spos, torchrun, weights
 
 TINY = {s: ROOT / f'configs/search/{s}_pinas_tiny.yaml' for s in ('spos', 'spos_fairnas')}
 FULL = {s: ROOT / f'configs/search/{s}_pinas.yaml' for s in ('spos', 'spos_fairnas')}
@@ -95,3 +96,16 @@ def test_full_size_supernet_takes_one_spos_step_at_batch_2_on_cpu() -> None:
     on_path |= {f'layer{s}.0.0.downsample.' for s in (1, 2, 3, 4)}  # a shared shortcut's (first) parameter name
     assert changed and all(n.startswith(('conv1.', 'bn1.', 'fc.', *on_path)) for n in changed)
     assert any(n.startswith('fc.') for n in changed) and any('.downsample.' in n for n in changed)
+
+
+def test_two_gloo_processes_equal_one_process_with_two_accumulation_steps(tiny_data: Path, tmp_path: Path) -> None:
+    """DDP over a supernet whose stage shortcuts are shared by four candidates: torchrun, 2 CPU processes x 4 images
+    == 1 process x (2 accumulation steps x 4 images), FairNAS sampling."""
+    ddp, single = tmp_path / 'ddp', tmp_path / 'single'
+    torchrun('spos', TINY['spos_fairnas'], ddp, tiny_data)
+    run_spos(TINY['spos_fairnas'], single, tiny_data, '--grad-accum', '2')
+    keys = assert_same_params(weights(ddp / 'checkpoints' / 'last.pt'), weights(single / 'checkpoints' / 'last.pt'))
+    assert any('downsample' in k for k in keys)
+    ra = json.loads((ddp / 'search_result.json').read_text())['results']
+    rb = json.loads((single / 'search_result.json').read_text())['results']
+    assert [r['arch'] for r in ra] == [r['arch'] for r in rb]

@@ -9,7 +9,7 @@ super_resnest.py`` (``SuperResNet``) and ``configs/pinas_learning.py`` at github
 * each of the 16 layers picks one of the four candidate blocks of ``backbones.resnest.CANDIDATES`` (``1s1x64d``,
   ``2s1x64d``, ``1s2x42d``, ``2s2x40d``), layer by layer, so the space has 4^16 = 4,294,967,296 networks;
 * downsample sharing (paper section 4.1, official ``downsample_share=True``): the four candidates of a stage's first
-  layer share one avg-down shortcut module;
+  layer share one avg-down shortcut module (``share_downsample=False``: one each, the "w/o DS" row of Table 7);
 * initialisation: Kaiming-normal (fan-out) convolutions, BN 1/0 and a zero-initialised last BN (``bn3``) in every
   block: timm's ``ResNet.init_weights(zero_init_last=True)``, what the official ``zero_init_last_bn=True`` does.
 
@@ -68,6 +68,8 @@ class ResNeStSpace(ChoiceSpace):
     channels: tuple[int, ...] = tuple(resnest_family.DEFAULTS['channels'])
     stem_width: int = resnest_family.DEFAULTS['stem_width']
     img_size: int = 224
+    #: one shortcut per stage for all candidates of its first layer (paper's DS); False: Table 7's "w/o DS"
+    share_downsample: bool = True
 
     def __post_init__(self) -> None:
         stages = len(resnest_family.LAYERS)
@@ -80,6 +82,10 @@ class ResNeStSpace(ChoiceSpace):
             resnest_family.validate_spec(self._spec((0,) * sum(self.layers)))
         except ValueError as err:
             raise ValueError(f'space {self.name!r}: {err}') from None
+        if not isinstance(self.share_downsample, bool):
+            raise ValueError(
+                f'space {self.name!r}: share_downsample must be true or false, got {self.share_downsample!r}'
+            )
         if self.img_size < 32:
             raise ValueError(f'space {self.name!r}: img_size {self.img_size} is below 32 (the network reduces 32x)')
 
@@ -200,9 +206,9 @@ class ResNeStSupernet(nn.Module):
             stage = nn.ModuleList(
                 nn.ModuleList(net.get_submodule(f'layer{s + 1}')[j] for net in nets) for j in range(n)
             )
-            shortcut = stage[0][0].downsample  # downsample sharing: one shortcut for the stage's first layer
-            for candidate in stage[0]:
-                candidate.downsample = shortcut
+            if space.share_downsample:  # one shortcut for the stage's first layer
+                for candidate in stage[0]:
+                    candidate.downsample = stage[0][0].downsample
             self.add_module(f'layer{s + 1}', stage)
         self.global_pool, self.fc, self.drop_rate = base.global_pool, base.fc, base.drop_rate
         self.num_features = base.num_features
