@@ -387,12 +387,21 @@ def test_step_overhead_benchmark_times_every_part() -> None:
     assert result['steps'] == 4 and result['sum_of_parts_s'] > 0 and math.isfinite(result['overhead'])
 
 
-@pytest.mark.parametrize(('space', 'family'), [('fairnas_tiny', 'mbconv'), ('nb201_tiny', 'nb201')])
+@pytest.mark.parametrize(
+    ('space', 'options', 'family'),
+    [
+        ('fairnas_tiny', {}, 'mbconv'),
+        ('nb201_tiny', {}, 'nb201'),
+        ('pinas_tiny', {'share_downsample': False}, 'resnest'),
+    ],
+)
 def test_the_whole_pipeline_runs_on_other_single_path_spaces(
-    space: str, family: str, tiny_data: Path, tmp_path: Path
+    space: str, options: dict, family: str, tiny_data: Path, tmp_path: Path
 ) -> None:
+    """Other spaces, and Table 7's "w/o DS" row (one shortcut per candidate: a space option)."""
     out = str(tmp_path / space)
-    cfg = _cfg(space=space, data_dir=str(tiny_data), output=out, epochs=1, linear_epochs=1, linear_milestones=[])
+    values = dict(data_dir=str(tiny_data), output=out, epochs=1, linear_epochs=1, linear_milestones=[])
+    cfg = _cfg(space=space, space_options=options, **values)
     found = engine.run('pinas', cfg, ctx=engine.init_distributed('cpu'))
     assert found[0]['spec']['family'] == family and found[0]['method'] == 'pinas'
     zoo.create_model(found[0]['spec'], num_classes=4)
