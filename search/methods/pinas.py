@@ -27,8 +27,8 @@ first micro-batch of every step, before the keys, ``W' = lambda W' + (1 - lambda
 parameters of path ``i``, then of path ``j`` (the official order): the candidates on neither path stay untouched,
 the stem, the shared downsamples and the neck get two EMA steps a step (official). The official code runs the EMA
 of path ``j`` after computing ``k_i``; here both run before both keys, so the teacher parts shared by the two paths
-are one EMA step further along when ``k_i`` is computed (a (1 - lambda)^2 difference), which makes every
-micro-batch of a step see one teacher (needed for accumulation = DDP). Only parameters are averaged; the teacher's
+are one EMA step further along when ``k_i`` is computed (they differ by lambda (1 - lambda) (W - W')): every
+micro-batch of a step sees one teacher (needed for accumulation = DDP). Only parameters are averaged; the teacher's
 BN statistics are its own. A path's parameters are the supernet parameters behind ``path_state_dict(arch)`` (the
 weights the emitted network inherits), so any space works.
 
@@ -53,7 +53,8 @@ the path stay ``None``, so they get neither decay nor momentum (the official ``D
 ("the student and the teacher are identical", section 3.2: the teacher is the student's copy, without gradients,
 each step); ``teacher: full_ema`` is a plain MoCo momentum encoder (EMA over all parameters, once a step);
 ``negatives: false`` has no queue: what remains of Eq. 4 is the consistency term L_Con (Eq. 1), ``-(q_i . k_j +
-q_j . k_i) / tau`` per image, which the paper reports to collapse.
+q_j . k_i) / tau`` per image, which the paper reports to collapse (it does on the ground truth: loss -> -2 / tau,
+every path rated at chance). "w/o DS" is the ResNeSt space's option ``share_downsample: false``.
 
 **Linear-probe rating** (:class:`LinearProbe`, :class:`LinearProbeRater`; specs 3.1-3.2): after supernet training,
 a second engine run in ``OUTPUT/linear/`` (``search.pipeline.train``: same loop, checkpoints, DDP) trains one
@@ -62,7 +63,8 @@ path per step, BN in train mode (batch statistics, as section 4.1 says), SGD lr 
 x0.1 at epochs 60 and 80 of 100, batch 256, crop + flip. Then per architecture precise BN recalibration (statistics
 reset and averaged over ``calib_images`` training images) and top-1 of the shared classifier on the held-out
 split is the fitness, cached in ``ratings/paths.jsonl`` under a fingerprint of both checkpoints and the rating
-options (SPOS's :class:`~search.methods.spos.PathRater`). Search: ``searcher: evolution`` (SPOS's, under the
+options (SPOS's :class:`~search.methods.spos.PathRater`); the probe is trained again when the supernet (step and
+tensor digest) or a probe option changes. Search: ``searcher: evolution`` (SPOS's, under the
 budget), or ``random``; the action-space search of the paper plugs in here later.
 
 Official bugs not carried over (specs section 6): the search reads its options by the names this config defines
