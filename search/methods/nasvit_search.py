@@ -180,15 +180,19 @@ class BinnedSearch:
         forest = RandomForestRegressor(n_estimators=cfg.predictor_trees, random_state=cfg.seed % 2**32)
         forest.fit(features[:half], top1[:half])
         pred = forest.predict(features[half:])
+        try:
+            tau: float | None = float(kendall_tau(pred, top1[half:]))
+        except ValueError:  # constant predictions or accuracies (a tiny run): no rank correlation
+            tau = None
         report = {
             'samples': len(items),
             'fit': half,
             'check': len(items) - half,
-            'check_kendall_tau': float(kendall_tau(pred, top1[half:])),
+            'check_kendall_tau': tau,
             'check_rmse': float(np.sqrt(np.mean((pred - top1[half:]) ** 2))),
         }
         atomic_write_json(self.root / 'predictor.json', report)
-        print(f'predictor: Kendall tau {report["check_kendall_tau"]:.3f} on {report["check"]} held-back subnets')
+        print(f'predictor: Kendall tau {tau} on {report["check"]} held-back subnets')
         return lambda batch: forest.predict(np.array(batch, dtype=float)).tolist()
 
     # -- the search --------------------------------------------------------------------------------------------------
@@ -201,7 +205,7 @@ class BinnedSearch:
         candidates: dict[str, dict] = {}
         for k, (lo, hi) in enumerate(bins):
             evo = cfg.evolution_config(metric=metric, budget=hi, min_budget=lo, seed=engine.derive_seed(cfg.seed, k))
-            folder = self._folder(rated, f'bin{k}')
+            folder = self._folder(rated, f'{cfg.searcher}-bin{k}')
             if predict is None:
                 result = evolution_search(evo_space, lambda a: -rated(a), evo, folder)
             else:
