@@ -44,8 +44,10 @@ Where paper and code disagree, this module follows the code (these reproduce the
 
 Decisions of this port (not in the official code):
 
-* no bicubic resize of the input to the subnet resolution inside ``forward``; the model takes its native size (the
-  spec's resolution), and the data config (``pretrained_cfg``) does the resizing;
+* the input is not resized to the subnet resolution inside ``forward`` unless ``resize_input=True`` (the official
+  protocol: 224 crops resized bicubically in the model), which is the default only for the authors' supernet weights
+  (``pretrained=True``, tag ``supernet_in1k``, not ``features_only``); otherwise the model takes its native size
+  (the spec's resolution) and the data config (``pretrained_cfg``) does the resizing (docs/nasvit.md);
 * relative offsets beyond +-17 tokens are clipped (Shaw et al. style), so inputs larger than 288 px also run; up to
   288 px (token grid <= 18) the bias is exactly the official one;
 * the shortcut pools with padding chosen per side (the official code looks at the width only; same for squares);
@@ -103,6 +105,7 @@ __all__ = [
     'build',
     'official_flops',
     'official_flops_breakdown',
+    'resize_to',
     'validate_spec',
 ]
 
@@ -310,8 +313,9 @@ class TalkingHeadAttention(nn.Module):
         self.act = nn.SiLU()
         self.proj = nn.Linear(self.v_dim, dim)
 
-    def _rel_pos_bias(self, height: int, width: int) -> torch.Tensor:
-        """(heads, N, N) bias of an height x width grid: table[(di + 17) * 35 + (dj + 17)] as in Swin."""
+    def _rel_pos_bias(self, height: int, width: int, heads: int) -> torch.Tensor:
+        """(heads, N, N) bias of an height x width grid: table[(di + 17) * 35 + (dj + 17)] as in Swin, for the
+        first ``heads`` heads (all of them here; fewer when a supernet runs this layer narrower)."""
         index, clip = self.relative_position_index, self.rpe_grid - 1
         if torch.jit.is_tracing() or height > index.shape[0] or width > index.shape[0]:
             # tracing records the arange (no Python branch on traced sizes); larger grids need their own index
@@ -321,7 +325,7 @@ class TalkingHeadAttention(nn.Module):
             index_h, index_w = index[:height, :height], index[:width, :width]
         idx = index_h[:, None, :, None] * (2 * clip + 1) + index_w[None, :, None, :]
         n = height * width
-        return self.relative_position_bias_table[idx.reshape(-1)].reshape(n, n, -1).permute(2, 0, 1)
+        return self.relative_position_bias_table[:, :heads][idx.reshape(-1)].reshape(n, n, -1).permute(2, 0, 1)
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Attention over the (B, N, C) tokens of an height x width grid, within windows if the grid exceeds
@@ -333,16 +337,23 @@ class TalkingHeadAttention(nn.Module):
         return self.forward_global(x, height, width)
 
     def forward_global(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """Global attention over the (B, N, C) tokens of an height x width grid."""
-        batch, n, _ = x.shape
-        q = self.q(x).reshape(batch, n, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k(x).reshape(batch, n, self.num_heads, self.head_dim).transpose(1, 2)
-        v = self.v(x).transpose(1, 2).reshape(batch, self.v_dim, height, width)
-        v = self.v_conv(v).reshape(batch, self.num_heads, -1, n).transpose(-2, -1)  # (B, h, N, 4 * head_dim)
-        attn = (q * self.scale) @ k.transpose(-2, -1) + self._rel_pos_bias(height, width)
+        """Global attention over the (B, N, C) tokens of an height x width grid.
+
+        Heads and v width follow the tokens' width C (C / 8 heads, as the official dynamic attention), which is
+        ``dim`` here and narrower when a supernet runs this layer with sliced weights.
+        """
+        batch, n, chs = x.shape
+        heads = chs // self.head_dim
+        q = self.q(x).reshape(batch, n, heads, self.head_dim).transpose(1, 2)
+        k = self.k(x).reshape(batch, n, heads, self.head_dim).transpose(1, 2)
+        v = self.v(x)
+        v_dim = v.shape[-1]
+        v = self.v_conv(v.transpose(1, 2).reshape(batch, v_dim, height, width))
+        v = v.reshape(batch, heads, -1, n).transpose(-2, -1)  # (B, h, N, 4 * head_dim)
+        attn = (q * self.scale) @ k.transpose(-2, -1) + self._rel_pos_bias(height, width, heads)
         attn = self.proj_l(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).softmax(dim=-1)
         attn = self.proj_w(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        x = (attn @ v).transpose(1, 2).reshape(batch, n, self.v_dim)
+        x = (attn @ v).transpose(1, 2).reshape(batch, n, v_dim)
         return self.proj(self.act(x))
 
     def forward_windows(self, x: torch.Tensor, height: int, width: int, size: int) -> torch.Tensor:
@@ -389,16 +400,24 @@ class TransformerLayer(nn.Module):
         self.mlp2 = Mlp(dim, dim, act_layer=nn.SiLU)
         self.gamma_attn = nn.Parameter(torch.full((dim,), layer_scale_init))
         self.gamma_mlp = nn.Parameter(torch.full((dim,), layer_scale_init))
-        self.scale_factor = 8 / dim  # official: scale * 8 / C (8 = size of its N-mod-8 switch axis)
+        self.scale_factor = 8 / dim  # official: scale * 8 / C (see layer_scales)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.window_size = window_size
 
+    def layer_scales(self, chs: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The effective (attention, MLP) scales on ``chs`` channels: gamma * 8 / C, as the official code (8 = the
+        size of its N-mod-8 switch axis). A supernet's switchable twin picks gamma per path (search/spaces/nasvit.py).
+        """
+        factor = 8 / chs
+        return self.gamma_attn * factor, self.gamma_mlp * factor
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, chs, height, width = x.shape
+        gamma_attn, gamma_mlp = self.layer_scales(chs)
         x = x.flatten(2).transpose(1, 2)
-        x = x + self.drop_path(self.attn(self.norm1(x), height, width) * (self.gamma_attn * self.scale_factor))
-        x = x + self.drop_path(self.mlp2(self.norm3(x)) * (self.gamma_mlp * self.scale_factor))
-        x = x + self.drop_path(self.mlp1(self.norm2(x)) * (self.gamma_mlp * self.scale_factor))
+        x = x + self.drop_path(self.attn(self.norm1(x), height, width) * gamma_attn)
+        x = x + self.drop_path(self.mlp2(self.norm3(x)) * gamma_mlp)
+        x = x + self.drop_path(self.mlp1(self.norm2(x)) * gamma_mlp)
         return x.transpose(1, 2).reshape(batch, chs, height, width)
 
 
@@ -451,6 +470,14 @@ class MBConvBlock(nn.Module):
         return self.shortcut(x) + self.drop_path(self.conv(x))
 
 
+def resize_to(x: torch.Tensor, resolution: int) -> torch.Tensor:
+    """``x`` resized bicubically to ``resolution`` x ``resolution`` unless it has that size (the official model's
+    input resize to the active resolution; ``align_corners`` False as its ``F.interpolate`` default)."""
+    if x.shape[-2] != resolution or x.shape[-1] != resolution:
+        x = F.interpolate(x, size=(resolution, resolution), mode='bicubic', align_corners=False)
+    return x
+
+
 def _pool_side(resolution: int) -> int:
     return _token_sides(resolution)[-1]
 
@@ -467,6 +494,7 @@ class NASViT(nn.Module):
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         window_size: int | None = None,
+        resize_input: bool = False,
     ) -> None:
         super().__init__()
         spec = validate_spec(spec)
@@ -480,12 +508,15 @@ class NASViT(nn.Module):
         self.in_chans = in_chans
         self.drop_rate = drop_rate
         self.drop_path_rate = drop_path_rate
+        self.resize_input = bool(resize_input)
+        self.resolution: int = spec['resolution']
         self.grad_checkpointing = False
         width, depth = spec['width'], spec['depth']
 
         self.stem = ConvNormAct(in_chans, width[0], 3, stride=2, act_layer=nn.SiLU)
         num_blocks = sum(depth)
-        dpr = [r.item() for r in torch.linspace(0, drop_path_rate, num_blocks)] if num_blocks > 1 else [0.0]
+        # on the CPU even under a meta-device context (``.item()``), so that the model also builds on 'meta'
+        dpr = torch.linspace(0, drop_path_rate, num_blocks, device='cpu').tolist() if num_blocks > 1 else [0.0]
         stages, feature_info = [], []
         c_in, reduction, block_idx = width[0], 2, 0
         for i, name in enumerate(STAGE_NAMES):
@@ -581,7 +612,7 @@ class NASViT(nn.Module):
         take_stages = [FEATURE_STAGES[i] for i in take_indices]
         last_stage = FEATURE_STAGES[max_index]
         intermediates = []
-        x = self.stem(x)
+        x = self.stem(self.resize(x))
         stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: last_stage + 1]
         for i, stage in enumerate(stages):
             x = self._run_stage(stage, x)
@@ -605,9 +636,15 @@ class NASViT(nn.Module):
             self.reset_classifier(0, '')
         return take_indices
 
+    def resize(self, x: torch.Tensor) -> torch.Tensor:
+        """With ``resize_input``, the input resized bicubically to the spec's resolution (the official NASViT
+        evaluation: 224 crops, resized inside the model, ``attentive_nas_dynamic_model.py`` forward); else ``x``."""
+        return resize_to(x, self.resolution) if self.resize_input else x
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Stem, the seven stages and the 1x1 expansion to 6C: a (B, num_features, H/64, W/64) map."""
-        x = self.stem(x)
+        """(Resize, see :meth:`resize`,) stem, the seven stages and the 1x1 expansion to 6C: a (B, num_features,
+        H/64, W/64) map."""
+        x = self.stem(self.resize(x))
         if self.grad_checkpointing and not torch.jit.is_scripting():
             for stage in self.stages:
                 x = checkpoint_seq(stage, x)
@@ -641,10 +678,38 @@ def _native_size(spec: dict) -> dict:
     return {'input_size': (3, res, res), 'pool_size': (pool, pool)}
 
 
+#: The pretrained tag of weights sliced from the authors' supernet checkpoint (tools/convert_checkpoint.py).
+SUPERNET_TAG = 'supernet_in1k'
+#: The official evaluation protocol (configs/cfg.yaml ``DATA.IMG_SIZE: 224``; Resize(256) + CenterCrop(224),
+#: bicubic): 224 crops, which the model then resizes to the subnet's resolution (``resize_input=True``).
+OFFICIAL_DATA_CFG: dict[str, Any] = {'input_size': (3, 224, 224), 'crop_pct': 0.875, 'interpolation': 'bicubic'}
+
 # No hub weights are published: pretrained=True needs a local file (see backbones/_pretrained.py).
-_create = FamilyBuilder(
+_builder = FamilyBuilder(
     NASViT, SPECS, validate_spec, NUM_FEATURE_LEVELS, feature_cfg={'feature_cls': 'getter'}, cfg_overlay=_native_size
 )
+
+
+def _supernet_weights(variant: str, kwargs: dict) -> bool:
+    """Whether the pretrained weights asked for are the ones sliced from the authors' supernet (their tag)."""
+    from timm.models._builder import resolve_pretrained_cfg
+
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'))
+    return cfg is not None and cfg.tag == SUPERNET_TAG
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> NASViT:
+    """The family builder, plus the evaluation protocol: ``resize_input`` defaults to True exactly when the
+    weights come from the authors' supernet (``pretrained=True`` with the ``supernet_in1k`` tag) and the model is a
+    classifier (not ``features_only``); then the data config is the official one (:data:`OFFICIAL_DATA_CFG`), so
+    that ``timm.data.resolve_data_config(model=model)`` reproduces the official evaluation. The caller's
+    ``resize_input`` and ``pretrained_cfg_overlay`` win."""
+    resize = kwargs.pop('resize_input', None)
+    if resize is None:
+        resize = bool(pretrained) and not kwargs.get('features_only') and _supernet_weights(variant, kwargs)
+    if resize:
+        kwargs['pretrained_cfg_overlay'] = {**OFFICIAL_DATA_CFG, **(kwargs.get('pretrained_cfg_overlay') or {})}
+    return _builder(variant, pretrained, resize_input=bool(resize), **kwargs)
 
 
 def build(spec: dict, pretrained: bool = False, **kwargs: Any) -> nn.Module:

@@ -41,6 +41,15 @@ def recalibrate_model(model: nn.Module, batches: Iterable[torch.Tensor], num_bat
     return model.eval()
 
 
+def _metadata(path: str) -> dict[str, str]:
+    """The safetensors metadata of ``path`` (``family: nasvit`` marks weights converted from the authors'
+    NASViT supernet by zoo.convert, which the official protocol evaluates on resized 224 crops)."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework='pt') as f:
+        return dict(f.metadata() or {})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description='Re-estimate the BN statistics of a model from training images')
     parser.add_argument('model', help='zoo/timm model name or spec .json')
@@ -51,6 +60,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('--batch-size', type=int, default=64)
     parser.add_argument('--img-size', type=int, help="default: the model's input size")
     parser.add_argument('--eval-transform', action='store_true', help='resize + center crop instead of training aug')
+    parser.add_argument(
+        '--resize-input',
+        choices=('auto', 'on', 'off'),
+        default='auto',
+        help="NASViT: resize inputs inside the model to the subnet's resolution, on 224 crops (the official "
+        "protocol); auto: on for weights converted from the authors' supernet (tools/convert_checkpoint.py)",
+    )
     parser.add_argument('--device', default='auto')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--workers', type=int, default=4)
@@ -65,10 +81,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     device = 'cuda' if args.device == 'auto' and torch.cuda.is_available() else args.device
     device = 'cpu' if device == 'auto' else device
-    model = backbones.create_model(args.model)
+    if args.weights and not Path(args.weights).is_file():
+        parser.error(f'weights file {args.weights} does not exist')
+    source = _metadata(args.weights) if args.weights else {}
+    resize = args.resize_input == 'on' or (args.resize_input == 'auto' and source.get('family') == 'nasvit')
+    model = backbones.create_model(args.model, **({'resize_input': True} if resize else {}))
     if args.weights:
-        if not Path(args.weights).is_file():
-            parser.error(f'weights file {args.weights} does not exist')
         missing, unexpected = model.load_state_dict(load_file(args.weights), strict=False)
         if missing or unexpected:
             parser.error(
@@ -83,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     recalibrate_model(model.to(device), loader, args.batches)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, args.out, metadata={'recalibrated_batches': str(args.batches), 'model': args.model})
-    print(f'wrote {args.out} ({args.batches} batches of {args.batch_size} at {size}px)')
+    metadata = {**source, 'recalibrated_batches': str(args.batches), 'model': args.model}
+    save_file(state, args.out, metadata={**metadata, 'resize_input': str(resize).lower()})
+    inside = f', resized in the model to {model.spec["resolution"]}px' if resize else ''
+    print(f'wrote {args.out} ({args.batches} batches of {args.batch_size} at {size}px{inside})')
     return 0

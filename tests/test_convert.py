@@ -24,15 +24,18 @@ import sys
 import traceback
 import types
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 import timm
 import torch
 from safetensors.torch import load_file
+from timm.layers import make_divisible
 
 import backbones.hytra as hytra
 import backbones.mbconv as mbconv
+import backbones.nasvit as nv
 import backbones.resnest as resnest
 import zoo.checkpoint_io as checkpoint_io
 import zoo.convert as zc
@@ -322,6 +325,135 @@ def test_nasvit_slices_load_strictly(name):
     model.load_state_dict(state, strict=True)
     with torch.no_grad():
         assert model(torch.randn(1, 3, 64, 64)).isfinite().all()
+
+
+def _slice_by_hand(supernet: Mapping[str, torch.Tensor], spec: dict) -> dict[str, torch.Tensor]:
+    """The slicing rule written out key by key from the official dynamic ops (what zoo.convert did before it used
+    the supernet's path_state_dict): the reference the converter is compared with."""
+    spec = nv.validate_spec(spec)
+    width, depth, kernel, expand = spec['width'], spec['depth'], spec['kernel_size'], spec['expand_ratio']
+    sides = nv._token_sides(spec['resolution'])
+    sd = supernet
+    out: dict[str, torch.Tensor] = {}
+
+    def bn(ours: str, theirs: str, c: int) -> None:
+        for name in ('weight', 'bias', 'running_mean', 'running_var'):
+            out[f'{ours}.{name}'] = sd[f'{theirs}.bn.{name}'][:c]
+        out[f'{ours}.num_batches_tracked'] = sd[f'{theirs}.bn.num_batches_tracked']
+
+    def linear(ours: str, theirs: str, c_out: int, c_in: int) -> None:
+        out[f'{ours}.weight'] = sd[f'{theirs}.linear.weight'][:c_out, :c_in]
+        out[f'{ours}.bias'] = sd[f'{theirs}.linear.bias'][:c_out]
+
+    out['stem.conv.weight'] = sd['first_conv.conv.conv.weight'][: width[0]]
+    bn('stem.bn', 'first_conv.bn', width[0])
+    c_in = width[0]
+    for i in range(len(nv.STAGE_NAMES)):
+        c, d = width[i + 1], depth[i]
+        k_max = max(nv.KERNELS[i])
+        lo = (k_max - kernel[i]) // 2
+        hi = lo + kernel[i]
+        for j in range(d):
+            ours, theirs = f'stages.{i}.{j}.', f'blocks.{zc.NASVIT_BLOCK_OFFSETS[i] + j}.'
+            if i < nv.NUM_CONV_STAGES or j == 0:
+                m = theirs + 'mobile_inverted_conv.'
+                mid = make_divisible(round(c_in * expand[i]), 8)
+                names = ('bn1', 'bn2') if expand[i] == 1 else ('bn2', 'bn3')  # timm DS conv vs inverted residual
+                if expand[i] != 1:
+                    out[ours + 'conv.conv_pw.weight'] = sd[m + 'inverted_bottleneck.conv.conv.weight'][:mid, :c_in]
+                    bn(ours + 'conv.bn1', m + 'inverted_bottleneck.bn', mid)
+                out[ours + 'conv.conv_dw.weight'] = sd[m + 'depth_conv.conv.conv.weight'][:mid, :, lo:hi, lo:hi]
+                bn(f'{ours}conv.{names[0]}', m + 'depth_conv.bn', mid)
+                if nv.USE_SE[i]:
+                    se_mid = make_divisible(mid // 4, 8)
+                    out[ours + 'conv.se.conv_reduce.weight'] = sd[m + 'depth_conv.se.fc.reduce.weight'][:se_mid, :mid]
+                    out[ours + 'conv.se.conv_reduce.bias'] = sd[m + 'depth_conv.se.fc.reduce.bias'][:se_mid]
+                    out[ours + 'conv.se.conv_expand.weight'] = sd[m + 'depth_conv.se.fc.expand.weight'][:mid, :se_mid]
+                    out[ours + 'conv.se.conv_expand.bias'] = sd[m + 'depth_conv.se.fc.expand.bias'][:mid]
+                pw = 'conv_pw' if expand[i] == 1 else 'conv_pwl'
+                out[f'{ours}conv.{pw}.weight'] = sd[m + 'point_linear.conv.conv.weight'][:c, :mid]
+                bn(f'{ours}conv.{names[1]}', m + 'point_linear.bn', c)
+                if c_in != c:
+                    out[ours + 'shortcut.conv.weight'] = sd[theirs + 'shortcut.conv.conv.weight'][:c, :c_in]
+            else:
+                heads, v = c // nv.HEAD_DIM, c * nv.V_EXPANSION
+                slot = (d, sides[i + 1] ** 2 % zc._NASVIT_RESCALE_SLOTS[1])
+                out[ours + 'gamma_attn'] = sd[theirs + 'rescale_attn'][slot][:c]
+                out[ours + 'gamma_mlp'] = sd[theirs + 'rescale_mlp'][slot][:c]
+                for norm in ('norm1', 'norm2', 'norm3'):
+                    out[f'{ours}{norm}.weight'] = sd[f'{theirs}{norm}.weight'][:c]
+                    out[f'{ours}{norm}.bias'] = sd[f'{theirs}{norm}.bias'][:c]
+                table = sd[theirs + 'attn.relative_position_bias_table']
+                out[ours + 'attn.relative_position_bias_table'] = table[:, :heads]
+                linear(ours + 'attn.q', theirs + 'attn.q', c, c)
+                linear(ours + 'attn.k', theirs + 'attn.k', c, c)
+                linear(ours + 'attn.v', theirs + 'attn.v', v, c)
+                out[ours + 'attn.v_conv.weight'] = sd[theirs + 'attn.vconv.weight'][:v]
+                linear(ours + 'attn.proj', theirs + 'attn.proj', c, v)
+                linear(ours + 'attn.proj_l', theirs + 'attn.proj_l', heads, heads)
+                linear(ours + 'attn.proj_w', theirs + 'attn.proj_w', heads, heads)
+                for mlp in ('mlp1', 'mlp2'):
+                    linear(f'{ours}{mlp}.fc1', f'{theirs}{mlp}.linear1', c, c)
+                    linear(f'{ours}{mlp}.fc2', f'{theirs}{mlp}.linear2', c, c)
+            c_in = c
+    c_exp = nv.HEAD_EXPANSION * c_in
+    out['final_conv.conv.weight'] = sd['last_conv.final_expand_layer.conv.conv.weight'][:c_exp, :c_in]
+    bn('final_conv.bn', 'last_conv.final_expand_layer.bn', c_exp)
+    out['conv_head.weight'] = sd['last_conv.feature_mix_layer.conv.conv.weight'][: width[8], :c_exp]
+    out['classifier.weight'] = sd['classifier.linear.linear.weight'][:, : width[8]]
+    out['classifier.bias'] = sd['classifier.linear.linear.bias']
+    return out
+
+
+def _random_nasvit_specs(n: int, seed: int) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    pick = lambda opts: opts[int(torch.randint(len(opts), (1,), generator=g))]  # noqa: E731
+    return [
+        nv.validate_spec(
+            {
+                'family': 'nasvit',
+                'version': 1,
+                'resolution': pick(nv.RESOLUTIONS),
+                'width': [pick(c) for c in nv.WIDTHS],
+                'depth': [pick(c) for c in nv.DEPTHS],
+                'kernel_size': [pick(c) for c in nv.KERNELS],
+                'expand_ratio': [pick(c) for c in nv.EXPANSIONS],
+            }
+        )
+        for _ in range(n)
+    ]
+
+
+def test_nasvit_converter_is_the_supernet_path_and_agrees_with_the_rule_by_hand():
+    """One implementation: the converter loads the authors' supernet into our supernet and calls path_state_dict;
+    it gives exactly the key-by-key slices of the official rule, for every catalog spec and random subnets."""
+    _, sup = _official('nasvit')
+    supernet = zc.nasvit_supernet_from_official(sup)
+    for spec in [*(nv.SPECS[n] for n in ('nasvit_a2', 'nasvit_min', 'nasvit_max')), *_random_nasvit_specs(4, seed=1)]:
+        by_hand, path = _slice_by_hand(sup, spec), supernet.path_state_dict(spec)
+        assert by_hand.keys() == path.keys()
+        assert all(torch.equal(by_hand[k], path[k]) for k in by_hand), spec
+    state = convert_checkpoint('nasvit', {'model': sup}, 'nasvit_a2')  # the other catalog specs: tests above
+    by_hand = _slice_by_hand(sup, nv.SPECS['nasvit_a2'])
+    assert state.keys() == by_hand.keys() and all(torch.equal(v, by_hand[k]) for k, v in state.items())
+    # the converter fails loudly when the map misses a key: our supernet loads strictly
+    with pytest.raises(RuntimeError, match='Missing key'):
+        zc.nasvit_supernet_from_official({k: v for k, v in sup.items() if k != 'blocks.14.attn.q.linear.weight'})
+
+
+def test_nasvit_official_checkpoint_runs_in_the_search_supernet():
+    """The authors' weights in the dynamic search supernet: a path's logits equal the converted static model's."""
+    from search.spaces.nasvit import get_space
+
+    _, sup = _official('nasvit')
+    net = get_space('nasvit').build_supernet()
+    net.load_state_dict(zc.nasvit_supernet_from_official(sup).state_dict(), strict=True)
+    net.eval()
+    model = timm.create_model('nasvit_a1').eval()
+    model.load_state_dict(convert_checkpoint('nasvit', {'model': sup}, 'nasvit_a1'), strict=True)
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(net(x, nv.SPECS['nasvit_a1']), model(x), rtol=0, atol=1e-6)
 
 
 def test_nasvit_slicing_rule_on_known_tensors():

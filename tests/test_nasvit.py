@@ -369,3 +369,56 @@ def test_segmentation_windows_are_local_and_optional() -> None:
         torch.testing.assert_close(windowed(tiny), global_model(tiny))
     with pytest.raises(ValueError, match='window_size must be a positive int'):
         timm.create_model('nasvit_a0', window_size=0)
+
+
+# ----------------------------------------------------------------------------------------------- evaluation protocol
+
+
+def test_resize_input_is_the_official_evaluation_path() -> None:
+    """resize_input=True: the model resizes its input bicubically to the spec's resolution (the official forward)
+    and its data config is the official one (224 crops: Resize 256 + CenterCrop 224, bicubic)."""
+    torch.manual_seed(0)
+    native = timm.create_model('nasvit_a0').eval()
+    official = timm.create_model('nasvit_a0', resize_input=True).eval()
+    official.load_state_dict(native.state_dict())
+    assert not native.resize_input and official.resize_input
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        resized = F.interpolate(x, size=(192, 192), mode='bicubic', align_corners=False)
+        assert torch.equal(official(x), native(resized))
+        assert not torch.allclose(official(x), native(x))  # the native model takes the 224 crop as it is
+        assert official.forward_intermediates(x, intermediates_only=True)[0].shape[-1] == 192 // 4
+        x192 = torch.randn(1, 3, 192, 192)  # at the spec's resolution nothing is resized
+        assert torch.equal(official(x192), native(x192))
+        torch.testing.assert_close(torch.jit.script(official)(x), official(x))
+    assert timm.data.resolve_data_config(model=official) == {
+        'input_size': (3, 224, 224),
+        'interpolation': 'bicubic',
+        'mean': timm.data.IMAGENET_DEFAULT_MEAN,
+        'std': timm.data.IMAGENET_DEFAULT_STD,
+        'crop_pct': 0.875,
+        'crop_mode': 'center',
+    }
+    assert timm.data.resolve_data_config(model=native)['input_size'] == (3, 192, 192)
+
+
+def test_resize_input_defaults_on_only_for_the_authors_supernet_weights(tmp_path) -> None:
+    """Weights sliced from the authors' supernet (the supernet_in1k tag, here from a local file) default to the
+    official protocol; the same architecture without those weights, the generic entry point, and features_only
+    models (dense tasks) keep the native input; the caller's choice wins."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / 'a0.safetensors'
+    save_file({k: v.contiguous() for k, v in timm.create_model('nasvit_a0').state_dict().items()}, path)
+    file = dict(file=str(path))
+    model = timm.create_model('nasvit_a0', pretrained=True, pretrained_cfg_overlay=file)
+    assert model.resize_input and model.pretrained_cfg['input_size'] == (3, 224, 224)
+    assert model.pretrained_cfg['crop_pct'] == 0.875
+    kept = timm.create_model('nasvit_a0', pretrained=True, pretrained_cfg_overlay=file, resize_input=False)
+    assert not kept.resize_input and kept.pretrained_cfg['input_size'] == (3, 192, 192)
+    feats = timm.create_model('nasvit_a0', pretrained=True, pretrained_cfg_overlay=file, features_only=True)
+    assert not feats.model.resize_input  # timm's FeatureGetterNet around the model
+    generic = timm.create_model('nasvit', spec=nv.SPECS['nasvit_a0'], pretrained=True, pretrained_cfg_overlay=file)
+    assert not generic.resize_input and generic.pretrained_cfg['input_size'] == (3, 192, 192)
+    plain = timm.create_model('nasvit_a0')
+    assert not plain.resize_input and plain.pretrained_cfg['input_size'] == (3, 192, 192)

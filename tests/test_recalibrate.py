@@ -48,3 +48,31 @@ def test_cli_writes_recalibrated_weights(tmp_path: Path) -> None:
         [*cmd[:4], str(tmp_path / 'nope.safetensors'), *cmd[5:]], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode != 0 and 'does not exist' in proc.stderr
+
+
+def test_cli_uses_the_official_protocol_for_weights_from_the_authors_supernet(tmp_path: Path) -> None:
+    """Weights converted from the authors' NASViT supernet (metadata family nasvit) are calibrated as the official
+    evaluation does: 224 crops resized inside the model to the subnet's resolution; others keep the native size."""
+    folder = data.write_synthetic_image_folder(tmp_path / 'train', num_classes=2, per_class=2, size=40)
+    model = timm.create_model('nasvit_min')
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, tmp_path / 'conv.safetensors', metadata={'format': 'pt', 'family': 'nasvit', 'ema': 'true'})
+    base = [sys.executable, 'tools/recalibrate_bn.py', 'nasvit_min', '--data-dir', str(folder), '--batches', '1']
+    base += ['--batch-size', '2', '--workers', '0', '--device', 'cpu', '--img-size', '48']
+    out = tmp_path / 'out.safetensors'
+    cmd = [*base, '--weights', str(tmp_path / 'conv.safetensors'), '--out', str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 'at 48px, resized in the model to 192px' in proc.stdout
+    from safetensors import safe_open
+
+    with safe_open(str(out), framework='pt') as f:
+        assert f.metadata()['resize_input'] == 'true' and f.metadata()['family'] == 'nasvit'
+    proc = subprocess.run(
+        [*cmd, '--resize-input', 'off', '--out', str(tmp_path / 'o2.safetensors')],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0 and 'resized in the model' not in proc.stdout, proc.stderr[-2000:]

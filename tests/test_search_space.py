@@ -186,7 +186,7 @@ def test_latency_table_is_measured_once_and_cached(tmp_path) -> None:
     assert len(json.loads(cache.read_text())[again.key]) == len(table.table)
 
 
-@pytest.mark.parametrize('name', ['fairnas_tiny', 'nb201_tiny'])
+@pytest.mark.parametrize('name', ['fairnas_tiny', 'nb201_tiny', 'nasvit_tiny'])
 def test_whole_network_latency_is_measured_once_per_architecture(name: str, monkeypatch) -> None:
     """The single-path spaces share one measurement (search.spaces.base.measured_latency): built once, cached."""
     import search

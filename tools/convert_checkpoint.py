@@ -2,7 +2,8 @@
 
 Usage: python tools/convert_checkpoint.py --family bossnas|dna|pinas|nasvit [--model NAME] [--ema] [--overwrite] SRC DST
 
-The key maps and the NASViT slicing rule live in ``zoo.convert`` (see docs/convert.md); this is only the command line.
+The key maps live in ``zoo.convert`` and the NASViT slicing rule in ``backbones.nasvit_supernet`` (see docs/convert.md);
+this is only the command line.
 """
 
 from __future__ import annotations

@@ -22,7 +22,9 @@ written from the official module definitions (commits in ``docs/convert.md``):
   layout (radix-major) is the same too. The map is the identity after dropping ``module.``. PyTorch-Encoding keeps
   no EMA, so ``use_ema`` is refused.
 * **NASViT** (the one released supernet checkpoint; ``'model'`` / ``'model_ema'``, ``'config'`` a yacs node): each
-  subnet is *sliced* from the dynamic supernet (:func:`slice_nasvit_supernet`, rule in its docstring). The official
+  subnet is *sliced* from the supernet: the official keys are mapped onto our supernet
+  (:class:`backbones.nasvit_supernet.NASViTSupernet`, :func:`nasvit_official_key`), whose ``path_state_dict`` is the
+  one implementation of the slicing rule (also the search supernet's; :func:`slice_nasvit_supernet`). The official
   evaluation always loads ``'model_ema'`` (``misc/utils.py``), so pass ``use_ema=True`` to get the weights behind
   the README accuracies, and recalibrate BatchNorm on training images before measuring accuracy, as the official
   evaluation does for every subnet (``post_bn_calibration_batch_num=64``): the supernet's running statistics are
@@ -50,6 +52,7 @@ import torch
 from timm.layers import make_divisible
 
 import backbones.nasvit as nv
+from backbones.nasvit_supernet import NASViTSupernet
 
 from .checkpoint_io import CheckpointRefused, check_destination, load_checkpoint, save_safetensors
 from .convert_bossnet import convert_bossnet_checkpoint
@@ -68,6 +71,8 @@ __all__ = [
     'convert_pinas',
     'infer_model_name',
     'load_checkpoint',
+    'nasvit_official_key',
+    'nasvit_supernet_from_official',
     'nasvit_supernet_shapes',
     'slice_nasvit_supernet',
 ]
@@ -283,101 +288,90 @@ def nasvit_supernet_shapes(num_classes: int = 1000) -> dict[str, tuple[int, ...]
     return shapes
 
 
+_NASVIT_RENAMES: tuple[tuple[str, str], ...] = (
+    # (official suffix, ours) inside a layer; MBConv names depend on the timm block (see _nasvit_layer_key)
+    ('mobile_inverted_conv.inverted_bottleneck.conv.conv.weight', 'conv.conv_pw.weight'),
+    ('mobile_inverted_conv.inverted_bottleneck.bn.bn.', 'conv.bn1.'),
+    ('mobile_inverted_conv.depth_conv.conv.conv.weight', 'conv.conv_dw.weight'),
+    ('mobile_inverted_conv.depth_conv.se.fc.reduce.', 'conv.se.conv_reduce.'),
+    ('mobile_inverted_conv.depth_conv.se.fc.expand.', 'conv.se.conv_expand.'),
+    ('shortcut.conv.conv.weight', 'shortcut.conv.weight'),
+    ('rescale_attn', 'gamma_attn'),
+    ('rescale_mlp', 'gamma_mlp'),
+    ('attn.vconv.weight', 'attn.v_conv.weight'),
+)
+_NASVIT_DROPPED = re.compile(r'\.bn_tracking\.|mobile_inverted_conv\.rescale$|relative_position_index$')
+
+
+def _nasvit_layer_key(stage: int, layer: int, rest: str) -> str | None:
+    """Our name of the official ``blocks.<b>.<rest>`` (stage ``stage``, layer ``layer``); None: not kept."""
+    ds = nv.EXPANSIONS[stage] == (1,)  # MBConv-1: timm DepthwiseSeparableConv (bn1, conv_pw, bn2), else IR
+    if rest.startswith('shortcut.') and layer > 0:
+        return None  # a layer inside a stage keeps its width and stride: its shortcut is the identity
+    pairs = (
+        ('mobile_inverted_conv.depth_conv.bn.bn.', 'conv.bn1.' if ds else 'conv.bn2.'),
+        ('mobile_inverted_conv.point_linear.conv.conv.weight', 'conv.conv_pw.weight' if ds else 'conv.conv_pwl.weight'),
+        ('mobile_inverted_conv.point_linear.bn.bn.', 'conv.bn2.' if ds else 'conv.bn3.'),
+        *_NASVIT_RENAMES,
+    )
+    for theirs, ours in pairs:
+        if rest.startswith(theirs):
+            return f'stages.{stage}.{layer}.{ours}{rest[len(theirs) :]}'
+    m = re.fullmatch(r'(attn\.(?:q|k|v|proj|proj_l|proj_w))\.linear\.(weight|bias)', rest)
+    if m:
+        return f'stages.{stage}.{layer}.{m.group(1)}.{m.group(2)}'
+    m = re.fullmatch(r'(mlp[12])\.linear([12])\.linear\.(weight|bias)', rest)
+    if m:
+        return f'stages.{stage}.{layer}.{m.group(1)}.fc{m.group(2)}.{m.group(3)}'
+    return f'stages.{stage}.{layer}.{rest}'  # norm1..3, attn.relative_position_bias_table: same names
+
+
+def nasvit_official_key(key: str) -> str | None:
+    """Our supernet's name (:class:`backbones.nasvit_supernet.NASViTSupernet`) of an official supernet key; None
+    for what the subnets never use: ``bn_tracking`` statistics, MBConv ``rescale`` (fixed ones), the
+    ``relative_position_index`` buffer (rebuilt by the model) and shortcut convs inside a stage."""
+    if _NASVIT_DROPPED.search(key):
+        return None
+    for theirs, ours in (
+        ('first_conv.conv.conv.weight', 'stem.conv.weight'),
+        ('first_conv.bn.bn.', 'stem.bn.'),
+        ('last_conv.final_expand_layer.conv.conv.weight', 'final_conv.conv.weight'),
+        ('last_conv.final_expand_layer.bn.bn.', 'final_conv.bn.'),
+        ('last_conv.feature_mix_layer.conv.conv.weight', 'conv_head.weight'),
+        ('classifier.linear.linear.', 'classifier.'),
+    ):
+        if key.startswith(theirs):
+            return ours + key[len(theirs) :]
+    m = re.fullmatch(r'blocks\.(\d+)\.(.+)', key)
+    if not m:
+        raise KeyError(f'no NASViT supernet key maps {key!r}')
+    block = int(m.group(1))
+    stage = max(i for i, offset in enumerate(NASVIT_BLOCK_OFFSETS) if offset <= block)
+    return _nasvit_layer_key(stage, block - NASVIT_BLOCK_OFFSETS[stage], m.group(2))
+
+
+def nasvit_supernet_from_official(supernet: Mapping[str, torch.Tensor]) -> NASViTSupernet:
+    """The official supernet state dict (official keys and shapes) loaded into our supernet (``layer_scale='code'``,
+    the tables the checkpoint has), on the tensors of ``supernet`` (no copy)."""
+    num_classes = supernet['classifier.linear.linear.bias'].shape[0]
+    ours = {}
+    for key, value in supernet.items():
+        name = nasvit_official_key(key)
+        if name is not None:
+            ours[name] = value
+    with torch.device('meta'):
+        model = NASViTSupernet(num_classes=num_classes, layer_scale='code')
+    model.load_state_dict(ours, strict=True, assign=True)
+    return model
+
+
 def slice_nasvit_supernet(supernet: Mapping[str, torch.Tensor], spec: dict) -> dict[str, torch.Tensor]:
-    """Our static ``nasvit`` model's state dict for ``spec``, sliced from the supernet state dict.
-
-    The rule is the one the official supernet applies when it runs (``set_active_subnet`` + the dynamic ops'
-    forward; ``get_active_subnet`` copies the same slices):
-
-    * channels: the first ones. Every weight is cut to ``[:out, :in]`` of the active widths; the MBConv hidden
-      width is ``make_divisible(round(c_in * e), 8)`` of the *active* input width; SE width
-      ``make_divisible(mid // 4, 8)``; heads ``C / 8`` (first columns of the bias table, first rows/columns of the
-      talking-heads linears); v width ``4 C``; the head conv ``6 * width[7]``.
-    * kernel: the centre ``k x k`` window of the largest depthwise kernel, ``[(K - k) // 2 : (K + k) // 2]``
-      (``sub_filter_start_end``; no kernel-transform matrices).
-    * layers: the first ``depth[i]`` layers of stage ``i`` (the supernet's ``blocks`` list holds every stage at its
-      maximum depth, see :data:`NASVIT_BLOCK_OFFSETS`).
-    * relative-position bias: the table keeps all ``35 * 35`` offsets (the crop to the token grid happens at run
-      time, in both implementations) and its first ``C / 8`` head columns.
-    * layer scale: ``rescale_attn[d, N % 8, :C]`` and ``rescale_mlp[d, N % 8, :C]``, with ``d`` the stage's active
-      depth (the MBConv included) and ``N`` the token count of that stage at the spec's resolution (the official
-      forward indexes by ``x.shape[1] % 8``); the ``8 / C`` factor stays in the model.
-    * dropped: ``bn_tracking`` statistics, MBConv ``rescale`` (fixed ones, unused), ``relative_position_index``
-      (rebuilt by the model), shortcut convs of layers whose input and output widths agree (unused).
-    """
-    spec = nv.validate_spec(spec)
-    width, depth, kernel, expand = spec['width'], spec['depth'], spec['kernel_size'], spec['expand_ratio']
-    sides = nv._token_sides(spec['resolution'])
-    sd = supernet
-    out: dict[str, torch.Tensor] = {}
-
-    def bn(ours: str, theirs: str, c: int) -> None:
-        for name in ('weight', 'bias', 'running_mean', 'running_var'):
-            out[f'{ours}.{name}'] = sd[f'{theirs}.bn.{name}'][:c]
-        out[f'{ours}.num_batches_tracked'] = sd[f'{theirs}.bn.num_batches_tracked']
-
-    def linear(ours: str, theirs: str, c_out: int, c_in: int) -> None:
-        out[f'{ours}.weight'] = sd[f'{theirs}.linear.weight'][:c_out, :c_in]
-        out[f'{ours}.bias'] = sd[f'{theirs}.linear.bias'][:c_out]
-
-    out['stem.conv.weight'] = sd['first_conv.conv.conv.weight'][: width[0]]
-    bn('stem.bn', 'first_conv.bn', width[0])
-    c_in = width[0]
-    for i in range(len(nv.STAGE_NAMES)):
-        c, d = width[i + 1], depth[i]
-        k_max = max(nv.KERNELS[i])
-        lo = (k_max - kernel[i]) // 2
-        hi = lo + kernel[i]
-        for j in range(d):
-            ours, theirs = f'stages.{i}.{j}.', f'blocks.{NASVIT_BLOCK_OFFSETS[i] + j}.'
-            if i < nv.NUM_CONV_STAGES or j == 0:
-                m = theirs + 'mobile_inverted_conv.'
-                mid = make_divisible(round(c_in * expand[i]), 8)
-                names = ('bn1', 'bn2') if expand[i] == 1 else ('bn2', 'bn3')  # timm DS conv vs inverted residual
-                if expand[i] != 1:
-                    out[ours + 'conv.conv_pw.weight'] = sd[m + 'inverted_bottleneck.conv.conv.weight'][:mid, :c_in]
-                    bn(ours + 'conv.bn1', m + 'inverted_bottleneck.bn', mid)
-                out[ours + 'conv.conv_dw.weight'] = sd[m + 'depth_conv.conv.conv.weight'][:mid, :, lo:hi, lo:hi]
-                bn(f'{ours}conv.{names[0]}', m + 'depth_conv.bn', mid)
-                if nv.USE_SE[i]:
-                    se_mid = make_divisible(mid // 4, 8)
-                    out[ours + 'conv.se.conv_reduce.weight'] = sd[m + 'depth_conv.se.fc.reduce.weight'][:se_mid, :mid]
-                    out[ours + 'conv.se.conv_reduce.bias'] = sd[m + 'depth_conv.se.fc.reduce.bias'][:se_mid]
-                    out[ours + 'conv.se.conv_expand.weight'] = sd[m + 'depth_conv.se.fc.expand.weight'][:mid, :se_mid]
-                    out[ours + 'conv.se.conv_expand.bias'] = sd[m + 'depth_conv.se.fc.expand.bias'][:mid]
-                pw = 'conv_pw' if expand[i] == 1 else 'conv_pwl'
-                out[f'{ours}conv.{pw}.weight'] = sd[m + 'point_linear.conv.conv.weight'][:c, :mid]
-                bn(f'{ours}conv.{names[1]}', m + 'point_linear.bn', c)
-                if c_in != c:
-                    out[ours + 'shortcut.conv.weight'] = sd[theirs + 'shortcut.conv.conv.weight'][:c, :c_in]
-            else:
-                heads, v = c // nv.HEAD_DIM, c * nv.V_EXPANSION
-                slot = (d, sides[i + 1] ** 2 % _NASVIT_RESCALE_SLOTS[1])
-                out[ours + 'gamma_attn'] = sd[theirs + 'rescale_attn'][slot][:c]
-                out[ours + 'gamma_mlp'] = sd[theirs + 'rescale_mlp'][slot][:c]
-                for norm in ('norm1', 'norm2', 'norm3'):
-                    out[f'{ours}{norm}.weight'] = sd[f'{theirs}{norm}.weight'][:c]
-                    out[f'{ours}{norm}.bias'] = sd[f'{theirs}{norm}.bias'][:c]
-                table = sd[theirs + 'attn.relative_position_bias_table']
-                out[ours + 'attn.relative_position_bias_table'] = table[:, :heads]
-                linear(ours + 'attn.q', theirs + 'attn.q', c, c)
-                linear(ours + 'attn.k', theirs + 'attn.k', c, c)
-                linear(ours + 'attn.v', theirs + 'attn.v', v, c)
-                out[ours + 'attn.v_conv.weight'] = sd[theirs + 'attn.vconv.weight'][:v]
-                linear(ours + 'attn.proj', theirs + 'attn.proj', c, v)
-                linear(ours + 'attn.proj_l', theirs + 'attn.proj_l', heads, heads)
-                linear(ours + 'attn.proj_w', theirs + 'attn.proj_w', heads, heads)
-                for mlp in ('mlp1', 'mlp2'):
-                    linear(f'{ours}{mlp}.fc1', f'{theirs}{mlp}.linear1', c, c)
-                    linear(f'{ours}{mlp}.fc2', f'{theirs}{mlp}.linear2', c, c)
-            c_in = c
-    c_exp = nv.HEAD_EXPANSION * c_in
-    out['final_conv.conv.weight'] = sd['last_conv.final_expand_layer.conv.conv.weight'][:c_exp, :c_in]
-    bn('final_conv.bn', 'last_conv.final_expand_layer.bn', c_exp)
-    out['conv_head.weight'] = sd['last_conv.feature_mix_layer.conv.conv.weight'][: width[8], :c_exp]
-    out['classifier.weight'] = sd['classifier.linear.linear.weight'][:, : width[8]]
-    out['classifier.bias'] = sd['classifier.linear.linear.bias']
-    return out
+    """Our static ``nasvit`` model's state dict for ``spec``, from the official supernet state dict: the keys are
+    mapped onto :class:`~backbones.nasvit_supernet.NASViTSupernet` (:func:`nasvit_official_key`) and its
+    ``path_state_dict`` slices them (the one implementation of the rule, also the search supernet's: first channels,
+    centre kernel, first ``depth[i]`` layers, bias-table head columns, layer-scale row ``[d, N % 8]``; see
+    ``backbones/nasvit_supernet.py``)."""
+    return nasvit_supernet_from_official(supernet).path_state_dict(spec)
 
 
 def convert_nasvit(ckpt: Mapping[str, Any], model_name: str, use_ema: bool = False) -> dict[str, torch.Tensor]:

@@ -44,6 +44,8 @@ SPACES: dict[str, str | Callable[..., Any]] = {
     'nb201_tiny': 'search.spaces.nb201:get_space',
     'nats_size': 'search.spaces.nats:get_space',
     'nats_size_tiny': 'search.spaces.nats:get_space',
+    'nasvit': 'search.spaces.nasvit:get_space',
+    'nasvit_tiny': 'search.spaces.nasvit:get_space',
 }
 
 

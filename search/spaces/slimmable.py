@@ -18,8 +18,17 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import get_padding
 
-__all__ = ['SlimConv2d', 'SlimLinear', 'SwitchableBatchNorm2d', 'slice_to', 'slimmify']
+__all__ = [
+    'SlicedBatchNorm2d',
+    'SlimConv2d',
+    'SlimDepthwiseConv2d',
+    'SlimLinear',
+    'SwitchableBatchNorm2d',
+    'slice_to',
+    'slimmify',
+]
 
 
 class SlimConv2d(nn.Conv2d):
@@ -44,7 +53,10 @@ class SlimConv2d(nn.Conv2d):
 
 
 class SlimLinear(nn.Linear):
-    """A linear layer with the widest weights; reads the first ``x.shape[-1]`` input features."""
+    """A linear layer with the widest weights; reads the first ``x.shape[-1]`` input features and writes the first
+    ``out_active`` outputs (None: all of them)."""
+
+    out_active: int | None = None
 
     @classmethod
     def of(cls, linear: nn.Linear) -> SlimLinear:
@@ -53,7 +65,68 @@ class SlimLinear(nn.Linear):
         return slim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight[:, : x.shape[-1]], self.bias)
+        if self.out_active is None:
+            return F.linear(x, self.weight[:, : x.shape[-1]], self.bias)
+        out = self.out_active
+        return F.linear(x, self.weight[:out, : x.shape[-1]], None if self.bias is None else self.bias[:out])
+
+
+class SlimDepthwiseConv2d(nn.Conv2d):
+    """A depthwise conv with the widest weights: runs on the input's ``x.shape[1]`` channels (its first filters)
+    with the centre ``kernel_active`` x ``kernel_active`` window of the largest kernel (None: the whole kernel) and
+    the padding a conv of that kernel has (timm's symmetric ``get_padding``): OFA's elastic kernel without the
+    kernel-transform matrices (the choice of AttentiveNAS / NASViT, ``KERNEL_TRANSFORM_MODE=None``)."""
+
+    kernel_active: int | None = None
+
+    @classmethod
+    def of(cls, conv: nn.Conv2d) -> SlimDepthwiseConv2d:
+        if not (conv.groups == conv.in_channels == conv.out_channels):
+            raise ValueError(f'a slimmable depthwise conv needs groups = channels, got {conv}')
+        slim = cls.__new__(cls)
+        slim.__dict__ = conv.__dict__
+        return slim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        chs, full = x.shape[1], self.kernel_size[0]
+        k = full if self.kernel_active is None else self.kernel_active
+        start = (full - k) // 2
+        weight = self.weight[:chs, :, start : start + k, start : start + k]
+        bias = None if self.bias is None else self.bias[:chs]
+        padding = get_padding(k, self.stride[0], self.dilation[0])
+        return F.conv2d(x, weight, bias, self.stride, padding, self.dilation, chs)
+
+
+class SlicedBatchNorm2d(nn.BatchNorm2d):
+    """One BN whose first channels serve every width (OFA's / AttentiveNAS's ``DynamicBatchNorm2d``): a width-``c``
+    input is normalised with, and in training updates, the first ``c`` entries of the shared statistics. The
+    alternative to :class:`SwitchableBatchNorm2d` when the official supernet shares its BN. Made from a BN with
+    :meth:`of` (timm's ``BatchNormAct2d`` keeps its activation: ``drop`` and ``act`` run after the norm)."""
+
+    @classmethod
+    def of(cls, bn: nn.BatchNorm2d) -> SlicedBatchNorm2d:
+        slim = cls.__new__(cls)
+        slim.__dict__ = bn.__dict__
+        return slim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        chs = x.shape[1]
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative average (BN recalibration)
+                factor = 1.0 / float(self.num_batches_tracked)
+        track = not self.training or self.track_running_stats
+        mean = self.running_mean[:chs] if track and self.running_mean is not None else None
+        var = self.running_var[:chs] if track and self.running_var is not None else None
+        weight = None if self.weight is None else self.weight[:chs]
+        bias = None if self.bias is None else self.bias[:chs]
+        use_batch = self.training or (self.running_mean is None and self.running_var is None)
+        x = F.batch_norm(x, mean, var, weight, bias, use_batch, factor, self.eps)
+        for name in ('drop', 'act'):  # timm BatchNormAct2d
+            if name in self._modules:
+                x = self._modules[name](x)
+        return x
 
 
 class SwitchableBatchNorm2d(nn.Module):
