@@ -31,7 +31,7 @@ from search.methods.nasvit import (
 )
 from search.methods.nasvit_search import pareto_front
 from search.pipeline import GradSlots
-from search.spaces import SPACES, get_space
+from search.spaces import get_space
 from search.strategies.evolution import evolution_search
 from tests._helpers import ENV, ROOT, assert_same_params, assert_same_weights, run_search, torchrun, weights
 
@@ -251,10 +251,44 @@ def test_full_size_config_has_the_code_recipe() -> None:
     assert (evo['population'], evo['parents'], evo['mutations'], evo['crossovers'], evo['iterations']) == (
         1024, 128, 128, 128, 40,
     )  # fmt: skip
-    if 'nasvit' not in SPACES:
-        pytest.skip('the dynamic nasvit space (search/spaces/nasvit.py, issue 15 item 1) is not merged yet')
     cfg = load_config(NASViTConfig, FULL, {'teachers': []})
     assert cfg.lr == pytest.approx(3e-4 * 4)
+
+
+def test_full_size_supernet_builds_on_meta_and_takes_one_step_at_batch_2_on_cpu(tmp_path: Path) -> None:
+    """The full NASViT supernet (space `nasvit`) with its EMA on the meta device; then, on the CPU, one optimizer step
+    of the sandwich rule (nasvit_max, nasvit_min and two random subnets) at batch 2 with the projection on."""
+    from backbones import nasvit as family
+    from search.methods.nasvit import NASViT, NASViTRunner
+    from search.protocols import StepContext
+
+    overrides = {'teachers': [], 'num_classes': 1000, 'batch_size': 2, 'output': str(tmp_path)}
+    cfg = load_config(NASViTConfig, FULL, overrides)
+    method = NASViT(cfg)
+    with torch.device('meta'):  # (timm's EMA cannot be built on meta: it is checked on the CPU build below)
+        meta = NASViTRunner(method.space.build_supernet(num_classes=1000), None)
+    n = sum(p.numel() for p in meta.supernet.parameters())
+    assert n > 17_000_000  # at least nasvit_max's 17.1M
+    ctx = engine.init_distributed('cpu')
+    runner = method.build(ctx)
+    assert sum(p.numel() for p in runner.supernet.parameters()) == n
+    assert sum(p.numel() for p in runner.ema.parameters()) == n
+    paths = method.sample_paths(0)
+    assert method.space.to_spec(paths[0]) == family.SPECS['nasvit_max']
+    assert method.space.to_spec(paths[1]) == family.SPECS['nasvit_min'] and len(paths) == 4
+    opt, _, per_step = method.optimizer(steps_per_epoch=1)
+    slots = GradSlots(runner, method.grad_slots, ctx)
+    step_ctx = StepContext(0, cfg.projection_start_epoch, 0, 1, runner, ctx.device, slots.backward(1))
+    method.train_mode()
+    before = {k: v.clone() for k, v in runner.supernet.state_dict().items()}
+    parts = method.train_step(torch.randn(2, 3, cfg.img_size, cfg.img_size), torch.tensor([3, 7]), paths, step_ctx)
+    record = method.combine_grads(slots.grads, slots.named, step_ctx)
+    opt.step()
+    method.after_step(0)
+    assert per_step and record['projection_on'] and 0 <= record['conflict_ratio'] <= 1
+    assert all(math.isfinite(float(v)) for v in parts.values()) and float(parts['loss_kd']) > 0
+    moved = [k for k, v in runner.supernet.state_dict().items() if not torch.equal(v, before[k])]
+    assert moved and all(torch.isfinite(v).all() for v in runner.supernet.state_dict().values())
 
 
 # -- end to end ------------------------------------------------------------------------------------------------------
@@ -352,3 +386,28 @@ def test_predictor_search_on_the_trained_supernet(tiny_run: Path, tiny_data: Pat
     front = json.loads((out / 'arch' / 'pareto' / 'pareto.json').read_text())['front']
     assert front and all('predicted_top1' in r for r in front)
     assert search.read_spec(out / 'arch' / 'top1.json')[1]['searcher'] == 'predictor'
+
+
+def test_tiny_nasvit_space_run_writes_nasvit_specs_that_build(tiny_data: Path, tmp_path: Path) -> None:
+    """The done-when command of issue 15: nasvit_tiny.yaml writes a Pareto set of nasvit specs and a top1.json that
+    zoo.create_model builds, and which with the supernet's EMA path weights computes the supernet's path."""
+    out = tmp_path / 'run'
+    run_search('nasvit', ROOT / 'configs/search/nasvit_tiny.yaml', out, tiny_data)
+    front = json.loads((out / 'arch' / 'pareto' / 'pareto.json').read_text())['front']
+    assert front
+    for row in front:
+        assert search.read_spec(out / 'arch' / 'pareto' / row['file'])[0]['family'] == 'nasvit'
+    spec, provenance = search.read_spec(out / 'arch' / 'top1.json')
+    assert spec['family'] == 'nasvit' and provenance['method'] == 'nasvit'
+    space = get_space('nasvit_tiny')
+    arch = tuple(provenance['arch'])
+    assert space.from_spec(spec) == arch
+    supernet = search.build_supernet(space, num_classes=4)
+    state = weights(out / 'checkpoints' / 'last.pt')
+    supernet.load_state_dict({k[len('ema.module.') :]: v for k, v in state.items() if k.startswith('ema.module.')})
+    supernet.eval()
+    model = zoo.create_model(str(out / 'arch' / 'top1.json'), num_classes=4).eval()
+    model.load_state_dict(supernet.path_state_dict(arch), strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), supernet(x, arch), rtol=1e-5, atol=1e-5)

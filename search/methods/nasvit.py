@@ -316,7 +316,7 @@ class NASViTConfig(SearchConfig):
             raise ConfigError(f'predictor_samples must be >= 4 (half fit, half check), got {self.predictor_samples}')
         self.evolution_config()
         try:
-            space = get_space(self.space, img_size=self.img_size, **self.space_options)
+            space = space_of(self)
         except (KeyError, ValueError, TypeError, ImportError) as err:
             reason = err.args[0] if isinstance(err, KeyError) else err
             raise ConfigError(f'space {self.space!r} with space_options {self.space_options}: {reason}') from None
@@ -340,6 +340,15 @@ class NASViTConfig(SearchConfig):
             return EvolutionConfig(**{**self.evolution, 'seed': self.seed, 'metric': self.metric, **replace})
         except (TypeError, ValueError) as err:
             raise ConfigError(f'evolution: {err}') from None
+
+
+def space_of(cfg: NASViTConfig) -> Any:
+    """The config's space with its ``space_options``, and ``img_size`` for spaces that have one (NATS-size does; the
+    NASViT space does not: a path's resolution is one of its decisions, the supernet resizes its input to it)."""
+    options = dict(cfg.space_options)
+    if hasattr(get_space(cfg.space), 'img_size'):
+        options.setdefault('img_size', cfg.img_size)
+    return get_space(cfg.space, **options)
 
 
 @functools.lru_cache(maxsize=4)
@@ -382,7 +391,7 @@ class NASViT:
 
     def __init__(self, cfg: NASViTConfig) -> None:
         self.cfg = cfg
-        self.space = get_space(cfg.space, img_size=cfg.img_size, **cfg.space_options)
+        self.space = space_of(cfg)
         self.supernet: nn.Module | None = None
         self.runner: NASViTRunner | None = None
         self.teachers: list[nn.Module] = []
