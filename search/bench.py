@@ -130,14 +130,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('--json', help='also write the result here')
     parser.add_argument(
         '--mode',
-        choices=['throughput', 'overhead', 'dfs', 'interchoice', 'bossnas'],
+        choices=['throughput', 'overhead', 'dfs', 'interchoice', 'bossnas', 'nasvit'],
         default='throughput',
         help='throughput (default), the engine overhead per step on the CPU, DFS rating vs each path, or the CPU '
         'overhead of inter-choice dependent weights per SPOS step (NB201, next to the paper Table 1), or the BossNAS '
-        'HyTra step through the engine against the sum of its parts (CPU)',
+        'HyTra step through the engine against the sum of its parts (CPU), or the same for the NASViT step (CPU)',
     )
     args = parser.parse_args(argv)
-    if args.mode == 'bossnas':
+    if args.mode == 'nasvit':
+        from .bench_nasvit import nasvit_step_overhead
+
+        result = nasvit_step_overhead()
+    elif args.mode == 'bossnas':
         from .bench_bossnas import bossnas_step_overhead
 
         result = bossnas_step_overhead()
