@@ -411,3 +411,58 @@ def test_tiny_nasvit_space_run_writes_nasvit_specs_that_build(tiny_data: Path, t
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(model(x), supernet(x, arch), rtol=1e-5, atol=1e-5)
+
+
+def test_ground_truth_config_runs_in_the_harness_with_and_without_projection(tmp_path: Path) -> None:
+    """nasvit_groundtruth.yaml through `python -m search.groundtruth method` on a 3-network NATS-size ground truth
+    (widths 4/8, 8 px, 1 epoch): the projection is on from the first step, and `projection=false` switches it off."""
+    from search import groundtruth as gt
+    from search import gt_harness
+
+    recipe = gt.Recipe(family='nats_size', widths=(4, 8), img_size=8, epochs=1, batch_size=16)
+    truth = tmp_path / 'truth'
+    split = {'holdout_per_class': 10, 'test_per_class': 150, 'seed': 0}
+    gt.train_all(truth, recipe, gt.archs_for(recipe.space(), 3, seed=0), seeds=[1], split=split, threads=1)
+    gt.summarize(truth)
+    config = ROOT / 'configs' / 'search' / 'nasvit_groundtruth.yaml'
+    small = {'epochs': 1, 'batch_size': 16, 'lr_base_batch': 16, 'calib_batches': 2, 'calib_batch': 16}
+    logs = {}
+    for projection in (True, False):
+        out = tmp_path / f'run_{projection}'
+        report = gt_harness.run_method(
+            'nasvit', config, truth, out, seed=0, overrides={**small, 'projection': projection}, top_k=(2,),
+            show_progress=False,
+        )  # fmt: skip
+        assert report['n'] == 3 and report['method'] == 'nasvit' and report['subspace'] == 'nats_size'
+        logs[projection] = _log(out)
+    assert all(x['projection_on'] for x in logs[True]) and sum(x['projected'] for x in logs[True]) > 0
+    assert not any(x['projection_on'] for x in logs[False]) and all(x['projected'] == 0 for x in logs[False])
+    assert logs[True][0]['conflict_ratio'] == pytest.approx(logs[False][0]['conflict_ratio'])  # same first step
+    assert logs[True][-1]['loss'] != logs[False][-1]['loss']
+
+
+def test_two_teachers_give_the_sharpened_average_target_of_the_code() -> None:
+    """teachers + teacher_temp: target = mean_i softmax(temp * z_i) (the code's two SWSL ResNeXt-101 with temp 5);
+    the max subnet's loss is the soft-target cross-entropy against it."""
+    from search.methods.nasvit import NASViT, soft_target_cross_entropy
+
+    cfg = NASViTConfig(
+        space='nats_size_tiny', img_size=32, num_classes=4, teachers=['resnet10t', 'resnet10t'], teacher_temp=5.0,
+        teacher_pretrained=False,
+    )  # fmt: skip
+    method = NASViT(cfg)
+    method.teachers = [method._teacher(name) for name in cfg.teachers]
+    assert all(not p.requires_grad for t in method.teachers for p in t.parameters())
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        z = [t(x) for t in method.teachers]
+    want = (F.softmax(5 * z[0], -1) + F.softmax(5 * z[1], -1)) / 2
+    target = method._target(x)
+    torch.testing.assert_close(target, want)
+    assert not torch.allclose(target, (F.softmax(z[0], -1) + F.softmax(z[1], -1)) / 2)  # the temperature matters
+    logits = torch.randn(3, 4)
+    assert float(soft_target_cross_entropy(logits, target)) == pytest.approx(
+        float((-target * F.log_softmax(logits, -1)).sum(-1).mean())
+    )
+    with pytest.raises(ValueError, match='no_such_net'):
+        method._teacher('no_such_net')
