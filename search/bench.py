@@ -130,17 +130,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('--json', help='also write the result here')
     parser.add_argument(
         '--mode',
-        choices=['throughput', 'overhead', 'dfs', 'interchoice', 'bossnas', 'pinas'],
+        choices=['throughput', 'overhead', 'dfs', 'interchoice', 'bossnas', 'pinas', 'nasvit'],
         default='throughput',
         help='throughput (default), the engine overhead per step on the CPU, DFS rating vs each path, or the CPU '
         'overhead of inter-choice dependent weights per SPOS step (NB201, next to the paper Table 1), or the BossNAS '
-        'HyTra step through the engine against the sum of its parts (CPU), or the Pi-NAS step likewise (CPU)',
+        'HyTra step through the engine against the sum of its parts (CPU), or the Pi-NAS or NASViT step likewise (CPU)',
     )
     args = parser.parse_args(argv)
     if args.mode == 'pinas':
         from .bench_pinas import pinas_step_overhead
 
         result = pinas_step_overhead()
+    elif args.mode == 'nasvit':
+        from .bench_nasvit import nasvit_step_overhead
+
+        result = nasvit_step_overhead()
     elif args.mode == 'bossnas':
         from .bench_bossnas import bossnas_step_overhead
 

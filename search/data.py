@@ -3,8 +3,8 @@
 * :func:`holdout_split` takes ``per_class`` images of every class out of the training folder (the DNA papers rate
   candidates on 50 images per class from train) deterministically, and writes the lists to a JSON file that later
   runs reuse.
-* :class:`SeededSamples` seeds each sample's augmentation from (seed, epoch, index), so the images a step sees do
-  not depend on worker processes, ranks or resumption.
+* :class:`SeededSamples` seeds each sample's augmentation (Python's, numpy's and torch's generators) from (seed,
+  epoch, index), so the images a step sees do not depend on worker processes, ranks or resumption.
 * :class:`GlobalBatchSampler` cuts a per-epoch permutation into global batches and each global batch into
   ``world_size x grad_accum`` contiguous micro-batches; micro-batch ``a * world_size + rank`` goes to ``rank`` at
   accumulation step ``a``. Two ranks and one rank with two accumulation steps therefore see the same chunks.
@@ -112,16 +112,20 @@ class SeededSamples(Dataset):
         return len(self.indices)
 
     def __getitem__(self, key: tuple[int, int] | int) -> Any:
+        import numpy as np
+
         epoch, index = key if isinstance(key, tuple) else (0, key)
         seed = derive_seed(self.seed, 'sample', epoch, index)
-        py_state = random.getstate()
+        py_state, np_state = random.getstate(), np.random.get_state()
         random.seed(seed)
+        np.random.seed(seed % 2**32)  # timm's RandAugment picks its ops with numpy's global generator
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 return self.dataset[self.indices[index]]
         finally:
             random.setstate(py_state)
+            np.random.set_state(np_state)
 
 
 class GlobalBatchSampler(Sampler):

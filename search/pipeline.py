@@ -30,6 +30,7 @@ from .protocols import StepContext
 
 __all__ = [
     'STAGES',
+    'GradSlots',
     'RunFolderError',
     'check_run_folder',
     'checkpoint_path',
@@ -192,6 +193,7 @@ def train(method: Any, ctx: engine.DistContext, resume: bool = False) -> Path:
     log = engine.JsonlLogger(cfg.out / 'train_log.jsonl', ctx.is_main, cfg.tensorboard)
     bar = engine.progress(total=total, initial=step, enabled=ctx.is_main, desc=f'{method.name} supernet')
     method.train_mode()
+    slots = GradSlots(runner, method.grad_slots, ctx) if getattr(method, 'grad_slots', None) else None
     while step < total:
         epoch, start = divmod(step, steps_per_epoch)
         if not per_step:
@@ -209,14 +211,22 @@ def train(method: Any, ctx: engine.DistContext, resume: bool = False) -> Path:
                 with engine.timer(timing, 'data_s', ctx.device):
                     images, labels = next(it)
                     images, labels = _to_device(images, ctx.device), _to_device(labels, ctx.device)
-                sync = a == cfg.grad_accum - 1 or not ctx.distributed
+                # with gradient slots DDP never reduces: GradSlots.reduce does, once per slot and step
+                sync = (a == cfg.grad_accum - 1 and slots is None) or not ctx.distributed
                 with engine.timer(timing, 'compute_s', ctx.device):
                     no_sync = model.no_sync() if not sync else contextlib.nullcontext()
-                    step_ctx = StepContext(step, epoch, a, cfg.grad_accum, model, ctx.device, _backward(cfg, ctx))
+                    backward = _backward(cfg, ctx) if slots is None else slots.backward(cfg.grad_accum)
+                    step_ctx = StepContext(step, epoch, a, cfg.grad_accum, model, ctx.device, backward)
                     with no_sync, engine.autocast(ctx.device, cfg.amp):
                         parts = method.train_step(images, labels, paths, step_ctx)
                 for name, value in parts.items():
                     losses[name] = losses.get(name, 0.0) + float(value) / cfg.grad_accum
+            extra: dict[str, Any] = {}
+            if slots is not None:
+                with engine.timer(timing, 'combine_s', ctx.device):
+                    slots.reduce()
+                    extra = method.combine_grads(slots.grads, slots.named, step_ctx) or {}
+                    slots.clear()
             optimizer.step()
             optimizer.zero_grad(set_to_none=getattr(method, 'zero_grad_to_none', True))
             method.after_step(step)
@@ -234,6 +244,7 @@ def train(method: Any, ctx: engine.DistContext, resume: bool = False) -> Path:
                     step_s=elapsed,
                     **losses,
                     **timing,
+                    **extra,
                 )
                 bar.set_postfix(loss=f'{sum(losses.values()):.4f}', epoch=epoch)
             bar.update(1)
@@ -265,6 +276,82 @@ def _restore_zero_grads(optimizer: torch.optim.Optimizer) -> None:
         for p in group['params']:
             if optimizer.state.get(p) and p.grad is None:
                 p.grad = torch.zeros_like(p)
+
+
+class GradSlots:
+    """Separate gradients for one optimizer step, for methods that combine several gradients nonlinearly.
+
+    A method that sets ``grad_slots = ('sup', 'sub')`` calls ``ctx.backward(loss, slot='sup')`` (or ``'sub'``):
+    each backward accumulates, over its micro-batches, into that slot's own buffer (the buffer is swapped in as
+    ``p.grad`` around the backward, so nothing is copied), scaled by ``1 / grad_accum`` as the plain backward.
+    After the last micro-batch the engine calls :meth:`reduce`, then ``method.combine_grads(grads, named, ctx)``,
+    which must set ``p.grad`` of every parameter from the slots (and may return scalars for the log), then steps
+    the optimizer. AMP stays the engine's (bf16 autocast, the backward outside it: no loss scaling is needed).
+
+    DDP: every micro-batch runs under ``no_sync`` (DDP's reducer would sum the slots into one gradient), and
+    :meth:`reduce` averages each slot over the ranks with one all-reduce of its flattened tensors (plus one small
+    all-reduce of which parameters have a gradient on any rank): one all-reduce per combined gradient. A slot then
+    holds the mean over all ``world_size x grad_accum`` micro-batches, exactly what one process with
+    ``world_size x grad_accum`` accumulation steps holds, so a nonlinear combination (gradient projection,
+    clipping) sees the same inputs in both. Buffers (BN running statistics) are not broadcast by DDP under
+    ``no_sync``: every rank keeps its own, and checkpoints hold rank 0's (a rating recalibrates them anyway).
+    """
+
+    def __init__(self, module: nn.Module, names: Sequence[str], ctx: engine.DistContext) -> None:
+        if len(set(names)) != len(names) or not names:
+            raise ValueError(f'grad_slots must be distinct names, got {names!r}')
+        self.names, self.ctx = tuple(names), ctx
+        self.named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        self.grads: dict[str, list[torch.Tensor | None]] = {}
+        self.clear()
+
+    def clear(self) -> None:
+        self.grads = {name: [None] * len(self.named) for name in self.names}
+
+    def backward(self, grad_accum: int) -> Any:
+        """The ``ctx.backward(loss, slot=...)`` of one micro-batch."""
+
+        def backward(loss: torch.Tensor, slot: str | None = None) -> None:
+            if slot not in self.grads:
+                raise ValueError(f'backward(loss, slot=...) needs one of the slots {self.names}, got {slot!r}')
+            buf = self.grads[slot]
+            params = [p for _, p in self.named]
+            for p, g in zip(params, buf, strict=True):
+                p.grad = g
+            try:
+                with torch.autocast(self.ctx.device.type, enabled=False):
+                    (loss / grad_accum).backward()
+            finally:
+                for i, p in enumerate(params):
+                    buf[i], p.grad = p.grad, None
+
+        return backward
+
+    def reduce(self) -> None:
+        """Average every slot over the ranks (a no-op in one process); see the class docstring."""
+        if not self.ctx.distributed:
+            return
+        import torch.distributed as dist
+        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+        device = self.ctx.device
+        have = torch.tensor(
+            [[g is not None for g in self.grads[s]] for s in self.names], dtype=torch.int32, device=device
+        )
+        dist.all_reduce(have, op=dist.ReduceOp.MAX)
+        for k, slot in enumerate(self.names):
+            buf = self.grads[slot]
+            idx = [i for i in range(len(buf)) if have[k, i]]
+            if not idx:
+                continue
+            dense = {i: buf[i] if buf[i] is not None else torch.zeros_like(self.named[i][1]) for i in idx}
+            for dtype in sorted({t.dtype for t in dense.values()}, key=str):  # one flat buffer per dtype
+                part = [i for i in idx if dense[i].dtype == dtype]
+                flat = _flatten_dense_tensors([dense[i] for i in part])
+                dist.all_reduce(flat)
+                flat /= self.ctx.world_size
+                for i, t in zip(part, _unflatten_dense_tensors(flat, [dense[i] for i in part]), strict=True):
+                    buf[i] = t
 
 
 def _backward(cfg: Any, ctx: engine.DistContext) -> Any:

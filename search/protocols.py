@@ -125,8 +125,10 @@ class StepContext:
     """What the engine hands a method for one optimizer step.
 
     ``backward(loss)`` scales by the accumulation steps and runs the backward pass (outside autocast); a method may
-    call it several times (several paths, gradient projection). ``model`` is the method's module wrapped by DDP when
-    distributed: call it rather than the bare module so that gradients are reduced.
+    call it several times (several paths). A method with ``grad_slots`` calls ``backward(loss, slot=name)`` to keep
+    gradients apart until its ``combine_grads`` (gradient projection; :class:`search.pipeline.GradSlots`). ``model``
+    is the method's module wrapped by DDP when distributed: call it rather than the bare module so that gradients
+    are reduced.
     """
 
     step: int
@@ -135,7 +137,7 @@ class StepContext:
     grad_accum: int
     model: nn.Module
     device: torch.device
-    backward: Callable[[torch.Tensor], None]
+    backward: Callable[..., None]
 
 
 @dataclass
@@ -192,7 +194,10 @@ class Method(Protocol):
        ``searcher(device).search(space, rated, metric, budget, top_k)`` picks the architectures, which the engine
        writes as ``arch/top<i>.json`` with ``provenance()`` added.
 
-    Optional: ``groups_per_lr`` (parameter groups per logged learning rate, default 1); block-wise methods (with
+    Optional: ``groups_per_lr`` (parameter groups per logged learning rate, default 1); ``grad_slots`` (names of
+    gradients kept apart, e.g. ``('sup', 'sub')``) with ``combine_grads(grads, named_params, ctx)``, which sets every
+    ``p.grad`` from the slots' rank-averaged gradients before the optimizer step and returns scalars to log
+    (:class:`search.pipeline.GradSlots` says how accumulation and DDP treat them); block-wise methods (with
     ``--block`` jobs) also have ``num_blocks`` and ``block_prefixes(k)`` (the state-dict prefixes of block ``k``).
     """
 

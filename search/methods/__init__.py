@@ -19,6 +19,7 @@ METHODS: dict[str, str] = {
     'dna_cell': 'search.methods.dna_cell:DNACell',
     'dna_plus': 'search.methods.dna_plus:DNAPlus',
     'dna_pp': 'search.methods.dna_pp:DNAPP',
+    'nasvit': 'search.methods.nasvit:NASViT',
     'pinas': 'search.methods.pinas:PiNAS',
     'spos': 'search.methods.spos:SPOS',
 }

@@ -21,20 +21,36 @@ import torch.nn as nn
 
 from ..protocols import Arch
 
-__all__ = ['ChoiceSpace', 'measured_latency']
+__all__ = ['LATENCY_RUNTIMES', 'ChoiceSpace', 'measured_latency', 'onnx_latency']
 
 _LATENCIES: dict[tuple[Hashable, Arch], float] = {}
 
 
+#: Runtimes :func:`measured_latency` times a network in.
+LATENCY_RUNTIMES = ('torch', 'onnxruntime')
+
+
 @torch.no_grad()
 def measured_latency(
-    space: Hashable, arch: Arch, build: Callable[[], nn.Module], img_size: int, runs: int = 10
+    space: Hashable,
+    arch: Arch,
+    build: Callable[[], nn.Module],
+    img_size: int,
+    runs: int = 10,
+    runtime: str = 'torch',
 ) -> float:
     """Seconds per forward of ``build()`` (eval, CPU, batch 1, ``img_size`` pixels): the median of ``runs`` after one
-    warm-up pass, measured once per (space, arch) and then read from a cache, so that a search sees stable costs."""
-    key = (space, arch)
+    warm-up pass, measured once per (space, arch, runtime) and then read from a cache, so that a search sees stable
+    costs. ``runtime='onnxruntime'`` times the ONNX export of the network in onnxruntime's CPU provider (NASViT's
+    B0-B2 were searched for CPU latency at batch 1, paper Tab. 12); see :func:`onnx_latency`."""
+    if runtime not in LATENCY_RUNTIMES:
+        raise ValueError(f'latency runtime {runtime!r}: expected one of {LATENCY_RUNTIMES}')
+    key = (space, arch) if runtime == 'torch' else (space, arch, runtime)
     if key not in _LATENCIES:
         net = build().eval()
+        if runtime == 'onnxruntime':
+            _LATENCIES[key] = onnx_latency(net, img_size, runs)
+            return _LATENCIES[key]
         x = torch.zeros(1, 3, img_size, img_size)
         net(x)
         times = []
@@ -44,6 +60,38 @@ def measured_latency(
             times.append(time.perf_counter() - start)
         _LATENCIES[key] = statistics.median(times)
     return _LATENCIES[key]
+
+
+def onnx_latency(net: nn.Module, img_size: int, runs: int = 10) -> float:
+    """Seconds per batch-1 inference of ``net`` exported to ONNX (torch's dynamo exporter, weights embedded) and run
+    by onnxruntime on the CPU with torch's thread count: the median of ``runs`` after one warm-up run."""
+    import tempfile
+    import warnings
+    from pathlib import Path
+
+    try:
+        import numpy as np
+        import onnxruntime as ort
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError('latency in onnxruntime needs the onnx extra: pip install supernet-zoo[onnx]') from err
+    x = torch.zeros(1, 3, img_size, img_size)
+    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        path = str(Path(folder) / 'net.onnx')
+        torch.onnx.export(
+            net.float().cpu(), (x,), path, dynamo=True, external_data=False, input_names=['input'], verbose=False
+        )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+    feed = {session.get_inputs()[0].name: np.zeros((1, 3, img_size, img_size), dtype=np.float32)}
+    session.run(None, feed)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 class ChoiceSpace:

@@ -3,9 +3,10 @@
 The algorithm is SPOS's (Guo et al., ECCV 2020, section 3.4 and the official ``evolution.py`` of
 megvii-model/SinglePathOneShot): score a random population, then for a number of iterations take the top-k of
 everything scored so far as parents and breed mutation and crossover children from them; children that break the
-budget are rejected before they are scored, children seen before are drawn again, and a shortfall (the space or
-the tries ran out) is filled with random architectures. Defaults are SPOS's: population 50, 10 parents,
-25 mutations and 25 crossovers per iteration, mutation probability 0.1, 20 iterations, 10 draws per child.
+budget (or fall below ``min_budget``, for a search within one cost bin as NASViT's) are rejected before they are
+scored, children seen before are drawn again, and a shortfall (the space or the tries ran out) is filled with
+random architectures. Defaults are SPOS's: population 50, 10 parents, 25 mutations and 25 crossovers per
+iteration, mutation probability 0.1, 20 iterations, 10 draws per child.
 
 It codes against the SearchSpace protocol only (``sample``, ``mutate``, ``crossover``, ``cost``, ``key``; an
 architecture is a tuple of ints) and a score function (higher is better). Reproducibility: the random draws of
@@ -67,6 +68,7 @@ class EvolutionConfig:
     seed: int = 0
     metric: str | None = None
     budget: float | None = None
+    min_budget: float | None = None  # a lower cost bound too: the search stays in one FLOPs bin (NASViT)
 
     def __post_init__(self) -> None:
         for name in ('population', 'parents', 'max_tries'):
@@ -79,6 +81,11 @@ class EvolutionConfig:
             raise ValueError(f'evolution mutate_prob must be in [0, 1], got {self.mutate_prob}')
         if self.budget is not None and not self.metric:
             raise ValueError(f'evolution budget {self.budget} needs a cost metric (metric is not set)')
+        if self.min_budget is not None:
+            if not self.metric:
+                raise ValueError(f'evolution min_budget {self.min_budget} needs a cost metric (metric is not set)')
+            if self.budget is not None and self.min_budget > self.budget:
+                raise ValueError(f'evolution min_budget {self.min_budget} is above the budget {self.budget}')
 
     def max_evaluations(self) -> int:
         """The most architectures a search scores: the population, then the children of every iteration."""
@@ -195,7 +202,10 @@ class _Search:
             self.rejected += 1
             return False
         cost = self._cost(arch, key)
-        if self.cfg.budget is not None and cost is not None and cost > self.cfg.budget:
+        low = self.cfg.min_budget
+        if cost is not None and (
+            (self.cfg.budget is not None and cost > self.cfg.budget) or (low is not None and cost < low)
+        ):
             self.over_budget.add(key)
             self.rejected += 1
             return False
@@ -254,6 +264,11 @@ class _Search:
                 f.write(''.join(f'{line}\n' for line in lines))
 
     def _no_candidate_error(self) -> ValueError:
+        if self.cfg.min_budget is not None:
+            return ValueError(
+                f'no architecture with {self.cfg.min_budget} <= {self.cfg.metric} <= {self.cfg.budget} in '
+                f'{self.rejected} draws; the smallest {self.cfg.metric} seen is {self.min_cost}'
+            )
         if self.cfg.budget is not None:
             return ValueError(
                 f'no architecture within the budget {self.cfg.metric} <= {self.cfg.budget} in '
