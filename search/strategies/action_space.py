@@ -230,7 +230,6 @@ class _Search:
         self.space, self.score, self.cfg, self.output, self.show_progress = space, score, cfg, output, show_progress
         self.offsets = np.concatenate(([0], np.cumsum(space.num_choices)))
         self.scored: list[Individual] = []
-        self.keys: set[str] = set()
         self.costs: dict[str, float] = {}
         self.stats: dict[str, list[int]] = {}  # batch start -> [rejected, fallbacks]
         self.min_cost: float | None = None
@@ -269,11 +268,7 @@ class _Search:
             raise ValueError(f'action_space state {path} was written with other settings ({changed}); use a new output')
         self.stats = {k: list(v) for k, v in doc['stats'].items()}
         for arch, key, score, cost in doc['scored']:
-            self._add(Individual(tuple(arch), key, score, cost))
-
-    def _add(self, ind: Individual) -> None:
-        self.scored.append(ind)
-        self.keys.add(ind.key)
+            self.scored.append(Individual(tuple(arch), key, score, cost))
 
     # -- candidates ------------------------------------------------------------------------------------------------
     def _features(self, archs: Sequence[Arch]) -> np.ndarray:
@@ -326,7 +321,12 @@ class _Search:
         return self._new_classifier().fit(x, t, seed)
 
     def _candidates(
-        self, gen: torch.Generator, path: list[tuple[Any, bool]], taken: set[str], stat: list[int]
+        self,
+        gen: torch.Generator,
+        path: list[tuple[Any, bool]],
+        seen: set[str],
+        taken: dict[str, Arch],
+        stat: list[int],
     ) -> Iterator[Arch]:
         """New architectures within the budget, drawn uniformly and kept when the path's classifiers agree."""
         misses = 0
@@ -342,7 +342,7 @@ class _Search:
                 if misses > self.cfg.max_draws:
                     return
                 key = self.space.key(arch)
-                if not ok or key in self.keys or key in taken:
+                if not ok or key in seen or key in taken:
                     continue
                 cost = self._cost(arch, key)
                 if self.cfg.budget is not None and cost is not None and cost > self.cfg.budget:
@@ -358,9 +358,10 @@ class _Search:
         path = self._region(start) if start >= self.cfg.warmup else []
         stat = [0, 0]
         taken: dict[str, Arch] = {}
-        sources = [self._candidates(gen, path, taken, stat)]
+        seen = {i.key for i in self.scored[:start]}  # not the batch's own samples already scored (a resume)
+        sources = [self._candidates(gen, path, seen, taken, stat)]
         if path:
-            sources.append(self._candidates(gen, [], taken, stat))
+            sources.append(self._candidates(gen, [], seen, taken, stat))
         for s, source in enumerate(sources):
             for arch in source:
                 taken[self.space.key(arch)] = arch
@@ -384,7 +385,7 @@ class _Search:
             key = self.space.key(arch)
             if not math.isfinite(score):
                 raise ValueError(f'the score of architecture {key} is {score}; scores must be finite')
-            self._add(Individual(arch, key, score, self.costs.get(key)))
+            self.scored.append(Individual(arch, key, score, self.costs.get(key)))
         self._save()
 
     def _no_candidate_error(self) -> ValueError:
