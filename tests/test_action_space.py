@@ -7,6 +7,7 @@ architecture it found) averaged over seeds, against uniform random sampling with
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import zlib
@@ -171,9 +172,7 @@ def test_engine_searcher_returns_the_top_k_found_under_the_budget(tmp_path):
     assert len(found) == 5 and [f.score for f in found] == sorted(f.score for f in found)
     assert all(f.cost == SPACE.cost(f.arch, 'flops') <= budget for f in found)
     assert found[0].extra['top1'] == pytest.approx(fitness(found[0].arch)) and found[0].extra['evaluations'] == 120
-    assert [p.name for p in tmp_path.iterdir()] == [
-        'action_space-' + __import__('hashlib').sha1(b'unrated').hexdigest()[:12]
-    ]
+    assert [p.name for p in tmp_path.iterdir()] == ['action_space-' + hashlib.sha1(b'unrated').hexdigest()[:12]]
 
 
 @pytest.mark.parametrize(

@@ -199,7 +199,10 @@ class _LightGBM:
         params = dict(self.params)
         rounds = int(params.pop('num_boost_round'))
         params.update(verbosity=-1, seed=seed % 2**31, deterministic=True, num_threads=1, min_data_in_bin=1)
-        data = lgb.Dataset(x, label=t.astype(float), params={'verbosity': -1, 'feature_pre_filter': False})
+        # one thread for the Dataset too: OpenMP threads on a busy machine made a fit 10x slower (59 ms vs 5 ms)
+        data = lgb.Dataset(
+            x, label=t.astype(float), params={'verbosity': -1, 'feature_pre_filter': False, 'num_threads': 1}
+        )
         self.booster = lgb.train(params, data, num_boost_round=rounds)
         return self
 
