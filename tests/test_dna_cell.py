@@ -20,6 +20,7 @@ from search.gt_teacher import train_teacher
 from search.methods.dna_cell import DNACell, DNACellConfig, _Block, teacher_spec_from_file
 from search.methods.teacher import teacher_boundaries
 from search.spaces import get_space
+from search.strategies.action_space import ActionSpaceSearch
 from search.strategies.traversal import recalibrate_bn
 from tests.test_groundtruth import TINY, tiny_truth  # noqa: F401  (a fixture)
 
@@ -73,6 +74,11 @@ def test_config_errors_name_the_field(tmp_path: Path, teacher: Path) -> None:
         _cfg(tmp_path, teacher, space='fairnas_tiny', space_options={})
     with pytest.raises(ConfigError, match='lr_decay'):
         _cfg(tmp_path, teacher, lr_decay=0.0)
+    with pytest.raises(ConfigError, match=r"action_space: unknown option\(s\) \['popsize'\]"):
+        _cfg(tmp_path, teacher, action_space={'popsize': 3})
+    searcher = DNACell(_cfg(tmp_path, teacher, searcher='action_space', action_space={'samples': 9})).searcher()
+    assert isinstance(searcher, ActionSpaceSearch) and searcher.score_name == 'relative_l1'
+    assert searcher.config.samples == 9
     with pytest.raises(ValueError, match='is not a readable safetensors'):
         bad = tmp_path / 'bad.safetensors'
         bad.write_bytes(b'not a safetensors file')

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import signal
 from pathlib import Path
 
@@ -211,7 +212,9 @@ def test_shuffle_bn_changes_the_keys_but_not_their_order() -> None:
     [
         ({'teacher': 'ema'}, "teacher 'ema': expected one of path_ema, full_ema, student"),
         ({'path_pairs': 'same'}, "path_pairs 'same': expected one of disjoint, independent"),
-        ({'searcher': 'action_space'}, "searcher 'action_space': expected one of evolution, random"),
+        ({'searcher': 'lanas'}, "searcher 'lanas': expected one of evolution, random, action_space"),
+        ({'searcher': 'action_space', 'action_space': {'samples': 2}}, 'top_k 3 is more than action_space samples 2'),
+        ({'action_space': {'classifier': 'svm'}}, "action_space classifier 'svm'"),
         ({'temperature': 0.0}, 'temperature must be positive'),
         ({'ema_momentum': 1.0}, r'ema_momentum must be in \[0, 1\)'),
         ({'queue_size': 0}, 'queue_size must be positive'),
@@ -251,6 +254,8 @@ def test_full_size_config_has_the_official_values() -> None:
     )
     assert cfg.view_aug['color_jitter'] == [0.4, 0.4, 0.4, 0.4] and cfg.view_aug['gaussian_blur_prob'] == 0.5
     assert (cfg.holdout_per_class, cfg.calib_images, cfg.rating_images) == (50, 50000, 50000)
+    search = cfg.action_space_config()  # the paper's action-space search, Pi-NAS's sample budget
+    assert cfg.searcher == 'action_space' and (search.samples, search.warmup, search.batch) == (1000, 80, 8)
 
 
 def test_full_size_supernet_builds_on_meta_and_steps_at_batch_two_on_cpu() -> None:
@@ -273,6 +278,25 @@ def test_full_size_supernet_builds_on_meta_and_steps_at_batch_two_on_cpu() -> No
 
 
 # -- end to end ------------------------------------------------------------------------------------------------------
+def test_action_space_search_over_the_trained_supernet(tiny_run: Path, tmp_path: Path, tiny_data: Path) -> None:
+    """The paper's searcher on the cached probe: specs the zoo builds, every one rated by the same rater."""
+    out = tmp_path / 'run'
+    shutil.copytree(tiny_run, out)
+    options = 'action_space={samples: 10, warmup: 4, batch: 3}'
+    run_search('pinas', TINY, out, tiny_data, '--stage', 'search', '--set', 'searcher=action_space', options)
+    doc = json.loads((out / 'arch' / 'top1.json').read_text())
+    assert doc['search']['searcher'] == 'action_space'
+    zoo.create_model(doc['spec'], num_classes=4)
+    results = json.loads((out / 'search_result.json').read_text())['results']
+    assert len(results) == 3 and [r['score'] for r in results] == sorted(r['score'] for r in results)
+    rated = {}
+    for line in (out / 'ratings' / 'paths.jsonl').read_text().splitlines():
+        row = json.loads(line)
+        rated[tuple(row['arch'])] = -row['top1']  # score: minus top-1
+    for r in results:
+        assert r['score'] == pytest.approx(rated[tuple(r['arch'])])
+
+
 def test_tiny_run_writes_a_spec_that_the_zoo_builds(tiny_run: Path) -> None:
     doc = json.loads((tiny_run / 'arch' / 'top1.json').read_text())
     spec, prov = doc['spec'], doc['search']

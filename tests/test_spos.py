@@ -60,6 +60,26 @@ def test_spos_tiny_search_is_the_resumable_evolution(tiny_run: Path, tiny_data: 
     assert search.read_spec(out / 'arch' / 'top1.json')[1]['arch'] == provenance['arch']
 
 
+def test_spos_tiny_search_by_action_space(tiny_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    """``searcher: action_space`` selects Pi-NAS's search for the same trained supernet: it rates its samples through
+    the rater's cache, writes its resumable state, and a rerun gives the same result without rating anything."""
+    out = tmp_path / 'copy'
+    shutil.copytree(tiny_run, out)
+    argv = ['spos', '--config', str(TINY), '--data-dir', str(tiny_data), '--output', str(out), '--stage', 'search']
+    argv += ['--resume', '--set', 'searcher=action_space', 'action_space={samples: 10, warmup: 6, batch: 2}']
+    assert search_cli(argv) == 0
+    spec, provenance = search.read_spec(out / 'arch' / 'top1.json')
+    assert provenance['searcher'] == 'action_space' and provenance['evaluations'] == 10
+    (state,) = (out / 'search').glob('action_space-*/action_space.json')
+    scored = json.loads(state.read_text())['scored']
+    assert len(scored) == 10 and provenance['arch'] == max(scored, key=lambda s: s[2])[0]
+    assert zoo.create_model(str(out / 'arch' / 'top1.json'), num_classes=4) is not None
+    rated = (out / 'ratings' / 'paths.jsonl').read_text().splitlines()
+    assert search_cli(argv) == 0
+    assert (out / 'ratings' / 'paths.jsonl').read_text().splitlines() == rated  # resumed: nothing rated again
+    assert search.read_spec(out / 'arch' / 'top1.json') == (spec, provenance)
+
+
 def test_spos_fairnas_tiny_search(tiny_data: Path, tmp_path: Path) -> None:
     _spos(FAIRNAS_TINY, tmp_path / 'fairnas', tiny_data)
     check_spos_found(tmp_path / 'fairnas', 'fairnas_tiny')
@@ -144,6 +164,9 @@ def test_random_search_respects_the_budget_and_counts_rejections() -> None:
         ({'evolution': {'popsize': 3}}, r"evolution: unknown option\(s\) \['popsize'\]"),
         ({'evolution': {'parents': 0}}, 'evolution: evolution parents must be >= 1'),
         ({'evolution': {'parents': 2}}, 'top_k 3 is more than evolution parents 2'),
+        ({'action_space': {'popsize': 3}}, r"action_space: unknown option\(s\) \['popsize'\]"),
+        ({'action_space': {'classifier': 'svm'}}, "action_space classifier 'svm': expected one of linear, lightgbm"),
+        ({'searcher': 'action_space', 'action_space': {'samples': 2}}, 'top_k 3 is more than action_space samples 2'),
         ({'label_smoothing': 1.5}, 'label_smoothing must be in'),
         ({'lrr': 0.1}, r"unknown config key\(s\) \['lrr'\]"),
         ({'lr': 'fast'}, "lr='fast': expected float"),

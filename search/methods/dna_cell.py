@@ -41,6 +41,7 @@ from ..path_cache import PathCache
 from ..protocols import Arch, StepContext
 from ..spaces import get_space
 from ..spaces.nb201 import NB201Space, NB201Supernet
+from ..strategies.action_space import ActionSpaceSearch
 from ..strategies.traversal import recalibrate_bn
 from .dna import _eval_batches, block_lrs, teacher_features
 from .spos import SEARCHERS, EvolutionSearch, RandomSearch, SPOSConfig
@@ -74,6 +75,7 @@ class DNACellConfig(SearchConfig):
     searcher: str = 'random'
     evolution: dict = field(default_factory=dict)
     search_samples: int = 100
+    action_space: dict = field(default_factory=dict)  # searcher 'action_space' only (ActionSpaceConfig fields)
 
     def __post_init__(self) -> None:
         lr = self.lr if isinstance(self.lr, (list, tuple)) else [self.lr]
@@ -85,6 +87,7 @@ class DNACellConfig(SearchConfig):
             raise ConfigError(f'lr_decay must be in (0, 1], got {self.lr_decay}')
         if self.searcher not in SEARCHERS:
             raise ConfigError(f'searcher {self.searcher!r}: expected one of {", ".join(SEARCHERS)}')
+        self.action_space_config()  # fails early, naming the key
         for name in ('calib_images', 'rating_images', 'rating_batch', 'search_samples', 'num_classes'):
             if getattr(self, name) < 1:
                 raise ConfigError(f'{name} must be >= 1, got {getattr(self, name)}')
@@ -104,6 +107,10 @@ class DNACellConfig(SearchConfig):
     def evolution_config(self) -> Any:
         """The ``evolution:`` options, checked as SPOS checks them."""
         return SPOSConfig.evolution_config(self)  # type: ignore[arg-type]
+
+    def action_space_config(self) -> Any:
+        """The options of ``action_space:`` (checked as SPOS checks them)."""
+        return SPOSConfig.action_space_config(self)  # type: ignore[arg-type]
 
 
 def teacher_spec_from_file(path: str | Path) -> dict:
@@ -261,9 +268,11 @@ class DNACell:
     def rater(self, ctx: engine.DistContext) -> CellBlockRater:
         return CellBlockRater(self, ctx)
 
-    def searcher(self, device: torch.device | None = None) -> EvolutionSearch | RandomSearch:
+    def searcher(self, device: torch.device | None = None) -> EvolutionSearch | RandomSearch | ActionSpaceSearch:
         if self.cfg.searcher == 'random':
             return RandomSearch(self.cfg.search_samples, self.cfg.seed, score_name=SCORE_NAME)
+        if self.cfg.searcher == 'action_space':
+            return ActionSpaceSearch(self.cfg.action_space_config(), self.cfg.out / 'search', score_name=SCORE_NAME)
         return EvolutionSearch(self.cfg.evolution_config(), self.cfg.out / 'search', score_name=SCORE_NAME)
 
     def provenance(self) -> dict:

@@ -95,6 +95,7 @@ from .. import engine, pipeline
 from ..config import ConfigError, SearchConfig
 from ..protocols import Arch, StepContext
 from ..spaces import get_space
+from ..strategies.action_space import ActionSpaceSearch
 from .bossnas import MultiViewTransform
 from .spos import SEARCHERS, EvolutionSearch, PathRater, RandomSearch, SPOSConfig, _eval_folder
 
@@ -167,8 +168,10 @@ class PiNASConfig(SearchConfig):
     searcher: str = 'evolution'
     evolution: dict = field(default_factory=dict)
     search_samples: int = 1000  # searcher 'random' only; the paper's maximum sample size
+    action_space: dict = field(default_factory=dict)  # searcher 'action_space': ActionSpaceConfig fields (Pi-NAS's)
 
     evolution_config = SPOSConfig.evolution_config
+    action_space_config = SPOSConfig.action_space_config
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -198,6 +201,7 @@ class PiNASConfig(SearchConfig):
                 raise ConfigError(f'{name} must be >= 2 (BN statistics need two images), got {getattr(self, name)}')
         if self.linear_epochs < 1:
             raise ConfigError(f'linear_epochs must be >= 1, got {self.linear_epochs}')
+        self.action_space_config()  # fails early, naming the option
         if self.neck_hidden is not None and self.neck_hidden < 1:
             raise ConfigError(f'neck_hidden must be >= 1 (or null: the feature width), got {self.neck_hidden}')
         if self.num_classes is not None and self.num_classes < 1:
@@ -501,12 +505,12 @@ class PiNAS:
     def rater(self, ctx: engine.DistContext) -> LinearProbeRater:
         return LinearProbeRater(self.probe(), ctx)
 
-    def searcher(self, device: torch.device | None = None) -> EvolutionSearch | RandomSearch:
+    def searcher(self, device: torch.device | None = None) -> EvolutionSearch | RandomSearch | ActionSpaceSearch:
         if self.cfg.searcher == 'random':
             return RandomSearch(self.cfg.search_samples, self.cfg.seed)
-        if self.cfg.searcher == 'evolution':
-            return EvolutionSearch(self.cfg.evolution_config(), self.cfg.out / 'search')
-        raise NotImplementedError(f'pinas: searcher {self.cfg.searcher!r} is not wired into this method yet')
+        if self.cfg.searcher == 'action_space':
+            return ActionSpaceSearch(self.cfg.action_space_config(), self.cfg.out / 'search')
+        return EvolutionSearch(self.cfg.evolution_config(), self.cfg.out / 'search')
 
     def provenance(self) -> dict:
         cfg = self.cfg

@@ -19,7 +19,9 @@ to 3.4); official code github.com/megvii-model/SinglePathOneShot (``src/Supernet
   (``search.strategies.evolution``: population 50, 10 parents, 25 mutations with probability 0.1 and 25
   crossovers, 20 iterations; set by the ``evolution`` config mapping), under the cost budget, resumable from
   ``search/evolution-<fingerprint>/``; ``searcher: random`` (:class:`RandomSearch`) keeps the best ``top_k`` of
-  ``search_samples`` distinct uniform draws under the budget, the protocol of the inter-choice paper.
+  ``search_samples`` distinct uniform draws under the budget, the protocol of the inter-choice paper;
+  ``searcher: action_space`` (:class:`~search.strategies.action_space.ActionSpaceSearch`) is Pi-NAS's LaNAS-style
+  search (set by the ``action_space`` config mapping), resumable from ``search/action_space-<fingerprint>/``.
 
 FairNAS sampling (``sampling: fair``; Chu et al., arXiv 1907.01845, strict fairness) as the Pi-NAS code runs its
 FairNAS baseline (official ``OpenSelfSup/openselfsup/models/super_classification.py``, ``fairnas=True``): every
@@ -59,6 +61,7 @@ from ..config import ConfigError, SearchConfig
 from ..path_cache import PathCache
 from ..protocols import Arch, Found, StepContext
 from ..spaces import get_space
+from ..strategies.action_space import ActionSpaceConfig, ActionSpaceSearch
 from ..strategies.evolution import EvolutionConfig, evolution_search
 from ..strategies.traversal import recalibrate_bn
 
@@ -66,7 +69,7 @@ __all__ = ['SPOS', 'EvolutionSearch', 'PathRater', 'RandomSearch', 'SPOSConfig']
 
 SCHEDULES = ('linear', 'cosine')
 RECALIBRATIONS = ('reset', 'momentum')
-SEARCHERS = ('evolution', 'random')
+SEARCHERS = ('evolution', 'random', 'action_space')
 SAMPLINGS = ('uniform', 'fair')
 
 
@@ -98,6 +101,7 @@ class SPOSConfig(SearchConfig):
     searcher: str = 'evolution'  # SPOS (official src/Search/search.py); 'random': top-k of uniform samples
     evolution: dict = field(default_factory=dict)  # EvolutionConfig fields; defaults: SPOS's (population 50, ...)
     search_samples: int = 1000  # searcher 'random' only
+    action_space: dict = field(default_factory=dict)  # ActionSpaceConfig fields; defaults: Pi-NAS's (1000 samples, ...)
     interchoice: dict | None = None  # inter-choice dependent weights, e.g. {variant: bias, depth: 1} (module docstring)
     sampling: str = 'uniform'  # 'uniform' (SPOS) or 'fair' (FairNAS as the Pi-NAS code runs it; module docstring)
 
@@ -112,6 +116,7 @@ class SPOSConfig(SearchConfig):
         if self.sampling not in SAMPLINGS:
             raise ConfigError(f'sampling {self.sampling!r}: expected one of {", ".join(SAMPLINGS)}')
         self.evolution_config()  # fails early, naming the key
+        self.action_space_config()
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f'label_smoothing must be in [0, 1), got {self.label_smoothing}')
         for name in ('lr', 'calib_images', 'rating_images', 'rating_batch', 'search_samples'):
@@ -155,6 +160,18 @@ class SPOSConfig(SearchConfig):
         if self.searcher == 'evolution' and self.top_k > evo.parents:
             raise ConfigError(f'top_k {self.top_k} is more than evolution parents {evo.parents} (the kept best)')
         return evo
+
+    def action_space_config(self) -> ActionSpaceConfig:
+        """The action-space options of ``action_space:`` with the run's seed, metric and budget (checked, named)."""
+        try:
+            config = ActionSpaceConfig.from_options(
+                self.action_space, seed=self.seed, metric=self.metric, budget=self.budget
+            )
+        except ValueError as err:
+            raise ConfigError(str(err)) from None  # the message names 'action_space' and the option
+        if self.searcher == 'action_space' and self.top_k > config.samples:
+            raise ConfigError(f'top_k {self.top_k} is more than action_space samples {config.samples}')
+        return config
 
 
 @functools.lru_cache(maxsize=4)
@@ -265,9 +282,11 @@ class SPOS:
     def rater(self, ctx: engine.DistContext) -> PathRater:
         return PathRater(self, ctx)
 
-    def searcher(self, device: torch.device | None = None) -> EvolutionSearch | RandomSearch:
+    def searcher(self, device: torch.device | None = None) -> EvolutionSearch | RandomSearch | ActionSpaceSearch:
         if self.cfg.searcher == 'random':
             return RandomSearch(self.cfg.search_samples, self.cfg.seed)
+        if self.cfg.searcher == 'action_space':
+            return ActionSpaceSearch(self.cfg.action_space_config(), self.cfg.out / 'search')
         return EvolutionSearch(self.cfg.evolution_config(), self.cfg.out / 'search')
 
     def provenance(self) -> dict:
